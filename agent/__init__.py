@@ -1,0 +1,1 @@
+"""The edge agent: polls devices over Modbus, SNMP and BACnet and publishes over MQTT."""

@@ -1,0 +1,1 @@
+"""The collector: MQTT ingest, storage, analytics and the chiller-plant optimiser."""

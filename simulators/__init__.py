@@ -1,0 +1,1 @@
+"""Hardware simulators: protocol servers built from device models, site physics, the demo."""
