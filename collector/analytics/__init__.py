@@ -1,0 +1,1 @@
+"""Pure numpy analytics over stored series: energy, PUE, availability, settlement."""
