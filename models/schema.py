@@ -46,6 +46,20 @@ UnitSymbol = Annotated[str, AfterValidator(_unit)]
 Oid = Annotated[str, AfterValidator(_oid)]
 
 
+class SnmpSyntax(StrEnum):
+    """SNMP value syntaxes a simulator serves (a driver takes the syntax from the answer)."""
+
+    INTEGER32 = "Integer32"
+    UNSIGNED32 = "Unsigned32"
+    GAUGE32 = "Gauge32"
+    COUNTER32 = "Counter32"
+    COUNTER64 = "Counter64"
+    TIMETICKS = "TimeTicks"
+    OCTET_STRING = "OctetString"
+    IP_ADDRESS = "IpAddress"
+    OBJECT_IDENTIFIER = "ObjectIdentifier"
+
+
 class Protocol(StrEnum):
     """Protocols a device model can speak."""
 
@@ -145,6 +159,7 @@ class Point(_Strict):
     bit: Annotated[int, Field(ge=0, le=63)] | None = None  # one bit of an integer register
     # SNMP
     oid: Oid | None = None
+    syntax: SnmpSyntax | None = None  # what an SNMP simulator serves; default follows type/counter
     # BACnet
     object: str | None = None
     property: str = "present-value"
@@ -201,6 +216,7 @@ class Column(_Strict):
 
     name: SnakeName
     oid: Oid  # the column OID; row OIDs are column.index
+    syntax: SnmpSyntax | None = None  # what an SNMP simulator serves; default follows type/counter
     unit: UnitSymbol = ""
     description: str = ""
     type: ValueType | None = None
@@ -218,6 +234,7 @@ class Table(_Strict):
     index_name: SnakeName = "index"
     columns: list[Column] = Field(min_length=1)
     rows: list[str] | None = None  # row indexes a simulator serves (e.g. ["1", "2", "3"])
+    volatile: bool = False  # rows come and go (alarm tables): walked on every poll, never cached
     description: str = ""
 
 
@@ -300,5 +317,7 @@ def _check_point_protocol(protocol: Protocol, point: Point) -> None:
             raise ValueError(f"{where}: runs past register 65535")
     if point.writable is not None and point.writable.priority is not None and protocol is not Protocol.BACNET:
         raise ValueError(f"{where}: 'priority' applies to bacnet points only")
+    if point.syntax is not None and protocol is not Protocol.SNMP:
+        raise ValueError(f"{where}: 'syntax' applies to snmp points only")
     if point.cov and protocol is not Protocol.BACNET:
         raise ValueError(f"{where}: 'cov' applies to bacnet points only")
