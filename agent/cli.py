@@ -11,8 +11,10 @@ from collections.abc import Sequence
 from agent import config as agent_config
 from agent.batch import poll_once_line
 from agent.config import Device, LoadedConfig
+from agent.discover import cmd_discover
 from agent.drivers import driver_class
 from agent.drivers.base import Driver, DriverUnavailableError, PollResult
+from agent.probe import cmd_probe
 from models.errors import ConfigError
 from models.limits import WriteRefused, check_write
 from models.schema import Protocol
@@ -67,6 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--host", required=True)
     b.add_argument("--port", required=True, type=int)
     b.add_argument("--instance", type=int, help="device instance (default: ask with Who-Is)")
+    b.add_argument("--timeout", type=float, default=3.0, metavar="S", help="seconds to wait for each answer")
     return parser
 
 
@@ -179,6 +182,20 @@ def cmd_write(args: argparse.Namespace) -> int:
     return asyncio.run(_write(device, args.point, value, args.release))
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run the agent service until SIGTERM/SIGINT (SIGHUP reloads the configuration)."""
+    # Imported here so that poll-once and check-config do not load paho and apscheduler.
+    from agent.publisher import PublisherError  # noqa: PLC0415
+    from agent.runtime import run_service  # noqa: PLC0415
+    from agent.spool import SpoolError  # noqa: PLC0415
+
+    try:
+        return run_service(args.config, verbose=args.verbose)
+    except (SpoolError, PublisherError) as exc:
+        print(f"{args.config}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
 def cmd_not_yet(args: argparse.Namespace) -> int:
     """A command whose implementation is not part of this build."""
     name = " ".join(str(x) for x in (args.command, getattr(args, "protocol", None)) if x)
@@ -187,12 +204,12 @@ def cmd_not_yet(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {
-    "run": cmd_not_yet,
+    "run": cmd_run,
     "poll-once": cmd_poll_once,
     "check-config": cmd_check_config,
     "write": cmd_write,
-    "probe": cmd_not_yet,
-    "discover": cmd_not_yet,
+    "probe": cmd_probe,
+    "discover": cmd_discover,
 }
 
 
