@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
+import os
 import sys
+import time
+import uuid
 from collections.abc import Sequence
 
 from agent import config as agent_config
@@ -16,12 +20,13 @@ from agent.drivers import driver_class
 from agent.drivers.base import Driver, DriverUnavailableError, PollResult
 from agent.probe import cmd_probe
 from models.errors import ConfigError
-from models.limits import WriteRefused, check_write
 from models.schema import Protocol
+from models.telemetry import Command
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+CLI_COMMAND_EXPIRY_S = 60.0  # a write from the command line is refused if it waits longer
 
 log = logging.getLogger("dcim-agent")
 
@@ -149,25 +154,40 @@ def _parse_value(text: str) -> float | str:
         return text
 
 
-async def _write(device: Device, point_name: str, value: float | str | None, release: bool) -> int:
+async def _write(cfg: LoadedConfig, device: Device, point_name: str, value: float | str | None, release: bool) -> int:
+    from agent.commands import CommandHandler  # noqa: PLC0415  (only this command needs it)
+
     point = device.model.point(point_name)
     driver = driver_class(device.protocol)()
+    handler = CommandHandler(
+        commands=cfg.config.commands,
+        devices={d.id: d for d in cfg.devices},
+        driver_for=lambda _device: driver,
+        lock_for=lambda _device: contextlib.nullcontext(),
+    )
+    user = os.environ.get("SUDO_USER") or os.environ.get("USER") or "unknown"
+    cmd = Command(
+        id=f"cli-{uuid.uuid4().hex[:12]}",
+        device=device.id,
+        point=point.name,
+        value=value,
+        release=release,
+        expires=time.time() + CLI_COMMAND_EXPIRY_S,
+        by=f"cli:{user}",
+    )
     try:
-        before = await driver.read_point(device, point)
-        try:
-            check_write(point, value, before.value, release=release)
-        except WriteRefused as exc:
-            print(f"{device.id}: refused: {exc}", file=sys.stderr)
-            return EXIT_FAILED
-        result = await driver.write(device, point, value, release=release)
+        result, written = await handler.execute(cmd, source="cli")
     finally:
         await driver.close()
+    if result.outcome == "refused":
+        print(f"{device.id}.{point.name}: refused: {result.reason}", file=sys.stderr)
+        return EXIT_FAILED
     print(f"{device.id}.{point.name}: {result.outcome}: before {result.before} after {result.after} {point.unit}")
     if result.reason:
         print(f"  {result.reason}")
-    if result.priority_array is not None:
-        slots = ", ".join(f"{i + 1}={v}" for i, v in enumerate(result.priority_array) if v is not None)
-        print(f"  priority array: {slots or 'all NULL'}; active priority: {result.active_priority}")
+    if written is not None and written.priority_array is not None:
+        slots = ", ".join(f"{i + 1}={v}" for i, v in enumerate(written.priority_array) if v is not None)
+        print(f"  priority array: {slots or 'all NULL'}; active priority: {written.active_priority}")
     return EXIT_OK if result.ok else EXIT_FAILED
 
 
@@ -179,7 +199,7 @@ def cmd_write(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
     device = cfg.device(args.device)
     value = None if args.release else _parse_value(args.value)
-    return asyncio.run(_write(device, args.point, value, args.release))
+    return asyncio.run(_write(cfg, device, args.point, value, args.release))
 
 
 def cmd_run(args: argparse.Namespace) -> int:

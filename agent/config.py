@@ -68,6 +68,7 @@ class MqttSection(_Section):
     key_file: Path | None = None
     keepalive_s: int = Field(default=30, ge=5, le=3600)
     inflight_max: int = Field(default=64, ge=1, le=65535)
+    reconnect_max_s: int = Field(default=60, ge=1, le=3600)  # reconnect backoff doubles from 1 s up to this
     batch_devices: int = Field(default=1, ge=1, le=1000)  # reserved: devices per message
 
     @model_validator(mode="after")
@@ -201,6 +202,8 @@ class AgentConfig(_Section):
     devices: list[DeviceConfig] = Field(default_factory=list)
 
 
+HEALTH_DEVICE_ID = "agent"  # the pseudo-device under which the agent publishes its own health
+
 DEFAULT_PORTS: dict[Protocol, int] = {Protocol.MODBUS: 502, Protocol.SNMP: 161, Protocol.BACNET: 47808}
 
 
@@ -270,9 +273,47 @@ def _resolve(
     return device, []
 
 
+def _relative_to(base: Path, value: Path | None) -> Path | None:
+    return None if value is None or value.is_absolute() else base / value
+
+
+def resolve_paths(cfg: AgentConfig, base: Path) -> AgentConfig:
+    """Relative file names in a configuration are relative to the file's own folder.
+
+    So an agent started from any working directory finds its spool, audit log, keys
+    and certificates where the configuration says, and never litters the directory it
+    was started from.
+    """
+    mqtt = {
+        key: resolved
+        for key in ("password_file", "ca_file", "cert_file", "key_file")
+        if (resolved := _relative_to(base, getattr(cfg.mqtt, key))) is not None
+    }
+    devices = []
+    for dev in cfg.devices:
+        if dev.snmp is not None:
+            keys = {
+                key: resolved
+                for key in ("auth_key_file", "priv_key_file")
+                if (resolved := _relative_to(base, getattr(dev.snmp, key))) is not None
+            }
+            dev = dev.model_copy(update={"snmp": dev.snmp.model_copy(update=keys)})  # noqa: PLW2901
+        devices.append(dev)
+    spool_path = _relative_to(base, cfg.spool.path) or cfg.spool.path
+    audit_log = _relative_to(base, cfg.commands.audit_log) or cfg.commands.audit_log
+    return cfg.model_copy(
+        update={
+            "mqtt": cfg.mqtt.model_copy(update=mqtt),
+            "spool": cfg.spool.model_copy(update={"path": spool_path}),
+            "commands": cfg.commands.model_copy(update={"audit_log": audit_log}),
+            "devices": devices,
+        }
+    )
+
+
 def parse(path: Path, data: object) -> LoadedConfig:
     """Validate already-read TOML data; ConfigError lists every problem found."""
-    cfg = validate(AgentConfig, data, path)
+    cfg = resolve_paths(validate(AgentConfig, data, path), path.parent)
     problems: list[tuple[str, str]] = []
     devices: list[Device] = []
     seen: dict[str, int] = {}
@@ -281,6 +322,9 @@ def parse(path: Path, data: object) -> LoadedConfig:
             problems.append((f"devices[{index}].id", f"{dev.id!r} is already used by devices[{seen[dev.id]}]"))
             continue
         seen[dev.id] = index
+        if dev.id == HEALTH_DEVICE_ID:
+            problems.append((f"devices[{index}].id", f"{dev.id!r} is reserved for the agent's own health telemetry"))
+            continue
         device, errs = _resolve(path, index, dev, cfg)
         problems.extend(errs)
         if device is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from agent import modbus_plan
@@ -186,6 +186,9 @@ def test_greedy_plan_is_minimal_and_valid(
     points: list[Point], max_registers: int, max_gap: int, barriers: set[int]
 ) -> None:
     limits = Limits(max_registers=max_registers, max_gap=max_gap)
+    # Overlapping points whose union is larger than one read cannot be read as one block;
+    # the planner reads them in full-size chunks (tested separately); the oracle does not.
+    assume(all(b.end - b.start <= limits.size(t) for t, blks in blocks(points).items() for b in blks))
     bars = {Register.HOLDING: frozenset(barriers)}
     result = plan(points, limits, Avoid(barriers=bars))
     assert len(result.reads) == minimum_reads(points, limits, bars)
@@ -203,3 +206,17 @@ def test_greedy_plan_is_minimal_and_valid(
         assert point.address is not None
         inside = [r for r in result.reads if r.table is point.register and r.start <= point.address < r.end]
         assert len(inside) == 1
+
+
+def test_overlapping_points_larger_than_one_read_are_covered_by_full_size_chunks() -> None:
+    # A 6-register string at 5 and an int32 at 4 overlap; together they span 7 registers,
+    # more than a 6-register read. The block is read in chunks and the driver decodes the
+    # points from the register image, so every register of every point must be read.
+    points = [reg("s", 5, "string", length=6), reg("i", 4, "int32"), reg("u", 0)]
+    result = plan(points, Limits(max_registers=6, max_gap=0))
+    covered = {a for r in result.reads for a in range(r.start, r.end)}
+    assert all(r.count <= 6 for r in result.reads)
+    for point in points:
+        assert point.address is not None
+        assert set(range(point.address, point.address + point.registers)) <= covered, point.name
+    assert len(result.reads) == 3  # register 0, then the 7-register block as 6 + 1

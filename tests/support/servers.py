@@ -111,8 +111,11 @@ class Mosquitto:
 
 def mosquitto_conf(port: int, workdir: Path, extra: str = "") -> str:
     """A broker configuration for tests: loopback only, persistent, large queues."""
+    # Run as root (CI), Mosquitto drops to its own user and then cannot write its
+    # persistence file in a root-owned temporary folder, losing sessions on restart.
+    user = "user root\n" if os.geteuid() == 0 else ""
     return (
-        f"listener {port} 127.0.0.1\n"
+        f"{user}listener {port} 127.0.0.1\n"
         "allow_anonymous true\n"
         "persistence true\n"
         f"persistence_location {workdir}/\n"
