@@ -75,7 +75,7 @@ def _agent_points(h: AgentHealth) -> dict[str, telemetry.Point]:
     rss = h.memory_rss_bytes
     return {
         "uptime": _p(round(h.uptime_s, 3), "s"),
-        "memory_rss_mb": _p(None if rss is None else round(rss / MB, 3)),
+        "memory_rss": _p(None if rss is None else round(rss / MB, 3), "MiB"),
         "devices": _p(len(h.devices), "count"),
         "devices_failing": _p(h.failing, "count"),
         "polls_missed": _p(sum(d.missed for d in h.devices), "count", counter=True),
@@ -83,8 +83,8 @@ def _agent_points(h: AgentHealth) -> dict[str, telemetry.Point]:
         "published": _p(h.published, "count", counter=True),
         "replayed": _p(h.replayed, "count", counter=True),
         "spool_depth": _p(h.spool.depth, "count"),
-        "spool_mb": _p(round(h.spool.bytes / MB, 3)),
-        "spool_max_mb": _p(round(h.spool.max_bytes / MB, 3)),
+        "spool_size": _p(round(h.spool.bytes / MB, 3), "MiB"),
+        "spool_max": _p(round(h.spool.max_bytes / MB, 3), "MiB"),
         "spool_dropped": _p(h.spool.dropped, "count", counter=True),
         "spool_dropped_oldest": _p(h.spool.dropped_oldest, "count", counter=True),
         "spool_dropped_newest": _p(h.spool.dropped_newest, "count", counter=True),

@@ -74,6 +74,10 @@ _UNITS: Final[tuple[UnitInfo, ...]] = (
     _u("kg", "mass"),
     _u("t", "mass", 1000.0),
     _u("kg/kWh", "emission_factor"),
+    _u("B", "data_size", 1.0 / 1024**2, desc="byte"),
+    _u("KiB", "data_size", 1.0 / 1024),
+    _u("MiB", "data_size", 1.0, desc="mebibyte (memory, disk)"),
+    _u("GiB", "data_size", 1024.0),
 )
 
 UNITS: Final[dict[str, UnitInfo]] = {u.symbol: u for u in _UNITS}

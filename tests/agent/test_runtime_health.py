@@ -60,8 +60,8 @@ async def test_health_is_published_each_interval_with_per_device_numbers(mosquit
     assert bad["last_error"].value  # says why
     points = batch.points
     assert points["mqtt_connected"].value is True
-    assert isinstance(points["memory_rss_mb"].value, float)
-    assert points["memory_rss_mb"].value > 1
+    assert isinstance(points["memory_rss"].value, float)
+    assert points["memory_rss"].value > 1
     for name in ("spool_depth", "spool_dropped", "published", "polls_missed", "uptime", "devices_failing"):
         assert points[name].quality == "good", name
     assert points["devices"].value == 2
@@ -90,7 +90,7 @@ def test_health_of_a_thousand_devices_splits_into_batches_under_the_payload_limi
     batches = [health.health_batch("bj-dx", "edge-01", 1.8e9, snap, part=i, seq=100 + i) for i in range(n)]
     assert n == 5
     assert sum(len(b.tables["devices"]) for b in batches) == 1000
-    assert batches[0].points["memory_rss_mb"].quality == "not_available"
+    assert batches[0].points["memory_rss"].quality == "not_available"
     assert all(not b.points for b in batches[1:])
     for b in batches:
         assert len(telemetry.encode(telemetry.validate_batch(b))) < telemetry.MAX_PAYLOAD_BYTES
