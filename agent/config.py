@@ -10,7 +10,7 @@ from urllib.parse import urlparse
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from models import catalog
-from models.errors import ConfigError, read_toml, validate
+from models.errors import ConfigError, read_toml, resolve_paths, validate
 from models.schema import DeviceModel, Protocol
 from models.telemetry import ID_RE
 
@@ -271,44 +271,6 @@ def _resolve(
         retries=cfg.defaults.retries if dev.retries is None else dev.retries,
     )
     return device, []
-
-
-def _relative_to(base: Path, value: Path | None) -> Path | None:
-    return None if value is None or value.is_absolute() else base / value
-
-
-def resolve_paths(cfg: AgentConfig, base: Path) -> AgentConfig:
-    """Relative file names in a configuration are relative to the file's own folder.
-
-    So an agent started from any working directory finds its spool, audit log, keys
-    and certificates where the configuration says, and never litters the directory it
-    was started from.
-    """
-    mqtt = {
-        key: resolved
-        for key in ("password_file", "ca_file", "cert_file", "key_file")
-        if (resolved := _relative_to(base, getattr(cfg.mqtt, key))) is not None
-    }
-    devices = []
-    for dev in cfg.devices:
-        if dev.snmp is not None:
-            keys = {
-                key: resolved
-                for key in ("auth_key_file", "priv_key_file")
-                if (resolved := _relative_to(base, getattr(dev.snmp, key))) is not None
-            }
-            dev = dev.model_copy(update={"snmp": dev.snmp.model_copy(update=keys)})  # noqa: PLW2901
-        devices.append(dev)
-    spool_path = _relative_to(base, cfg.spool.path) or cfg.spool.path
-    audit_log = _relative_to(base, cfg.commands.audit_log) or cfg.commands.audit_log
-    return cfg.model_copy(
-        update={
-            "mqtt": cfg.mqtt.model_copy(update=mqtt),
-            "spool": cfg.spool.model_copy(update={"path": spool_path}),
-            "commands": cfg.commands.model_copy(update={"audit_log": audit_log}),
-            "devices": devices,
-        }
-    )
 
 
 def parse(path: Path, data: object) -> LoadedConfig:

@@ -9,6 +9,8 @@ from collections.abc import Callable, Sequence
 from typing import Final
 
 from collector import config as collector_config
+from collector import reports, settle_cmd
+from collector.alarms.cli import cmd_alarms
 from models.errors import ConfigError
 
 EXIT_OK = 0
@@ -16,7 +18,7 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser() -> argparse.ArgumentParser:  # noqa: PLR0915  (one statement per flag reads best)
     parser = argparse.ArgumentParser(
         prog="dcim-collector",
         description="Collector: MQTT ingest into InfluxDB or SQLite; PUE, availability, settlement, optimiser.",
@@ -40,6 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--json", action="store_true")
     r.add_argument("--csv", action="store_true")
     r.add_argument("--plot", metavar="PNG")
+    r.add_argument("--source", choices=("auto", "raw"), default="auto", help="raw: ignore stored energies")
     r = rep.add_parser("availability", help="power-environment availability for a month")
     r.add_argument("--config", required=True, metavar="FILE")
     r.add_argument("--month", required=True, metavar="YYYY-MM")
@@ -59,6 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--bonus-rate", type=float, default=0.10)
     p.add_argument("--penalty-rate", type=float, default=0.10)
     p.add_argument("--json", action="store_true")
+    settle_cmd.add_arguments(p)
 
     p = sub.add_parser("optimize", help="the chiller-plant optimiser's current recommendation")
     p.add_argument("--config", required=True, metavar="FILE")
@@ -86,6 +90,17 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run the collector service until SIGTERM or SIGINT."""
+    from collector import service  # noqa: PLC0415  (keeps the other commands' start-up light)
+
+    loaded = collector_config.load(args.config)
+    service.configure_logging(loaded.config, verbose=args.verbose)
+    if getattr(args, "http", None):
+        logging.getLogger(__name__).warning("--http: the dashboard is not part of this build; ignored")
+    return service.run(loaded)
+
+
 def cmd_not_yet(args: argparse.Namespace) -> int:
     """A command whose implementation is not part of this build."""
     print(f"dcim-collector {args.command}: not available yet in this version", file=sys.stderr)
@@ -93,12 +108,12 @@ def cmd_not_yet(args: argparse.Namespace) -> int:
 
 
 COMMANDS: Final[dict[str, Callable[[argparse.Namespace], int]]] = {
-    "run": cmd_not_yet,
+    "run": cmd_run,
     "check-config": cmd_check_config,
-    "report": cmd_not_yet,
-    "settle": cmd_not_yet,
+    "report": reports.cmd_report,
+    "settle": settle_cmd.cmd_settle,
     "optimize": cmd_not_yet,
-    "alarms": cmd_not_yet,
+    "alarms": cmd_alarms,
 }
 
 

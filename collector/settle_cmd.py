@@ -23,6 +23,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--hours", type=float, metavar="H", help="length of the period (default 8760 with --capacity-kw)"
     )
     parser.add_argument("--currency", default="CNY", help="currency code (default CNY)")
+    parser.add_argument(
+        "--as-of", metavar="DATE", help="with --config: settle the year as of this local date (default: now)"
+    )
 
 
 def _print_table(result: Settlement) -> None:
@@ -60,8 +63,9 @@ def cmd_settle(args: argparse.Namespace) -> int:
     if args.config is None or args.year is None:
         print("dcim-collector settle: give --config FILE --year YYYY, or --it-kwh X --facility-kwh Y", file=sys.stderr)
         return EXIT_USAGE
-    print("dcim-collector settle --config: settlement from the store is not available yet", file=sys.stderr)
-    return EXIT_USAGE
+    from collector import settle_store  # noqa: PLC0415  (the raw path needs no store or configuration)
+
+    return settle_store.cmd_settle_store(args)
 
 
 def _settle_raw(args: argparse.Namespace) -> int:
@@ -96,5 +100,3 @@ def _settle_raw(args: argparse.Namespace) -> int:
     else:
         _print_table(result)
     return EXIT_OK
-
-

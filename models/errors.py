@@ -88,3 +88,32 @@ def validate(model: type[M], data: Any, path: str | Path) -> M:
         return model.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(path, problems_of(exc, data)) from None
+
+
+def _resolved(value: Any, base: Path) -> Any:
+    if isinstance(value, Path):
+        return value if value.is_absolute() else base / value
+    if isinstance(value, BaseModel):
+        return resolve_paths(value, base)
+    if isinstance(value, list):
+        return [_resolved(v, base) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_resolved(v, base) for v in value)
+    if isinstance(value, dict):
+        return {k: _resolved(v, base) for k, v in value.items()}
+    return value
+
+
+def resolve_paths(model: M, base: Path) -> M:
+    """Every relative file name in a configuration, taken relative to `base`.
+
+    Configurations name files relative to their own folder, so a program started
+    from any working directory finds its spool, stores, logs, keys and certificates
+    where the file says, and never litters the directory it was started from.
+    """
+    updates = {
+        name: resolved
+        for name in type(model).model_fields
+        if (resolved := _resolved(value := getattr(model, name), base)) is not value
+    }
+    return model.model_copy(update=updates) if updates else model

@@ -1,0 +1,1 @@
+"""Alarms: rules as data, evaluation as batches arrive, lifecycle, storage and notifications."""
