@@ -237,27 +237,44 @@ def encode(message: Message) -> bytes:
     return data
 
 
-def _check_point(where: str, point: Point) -> None:
-    if point.quality not in _QUALITIES:
-        raise TelemetryError(f"{where}: unknown quality {point.quality!r}")
+# Names seen valid before: a collector sees the same few thousand point names over and
+# over, and a set lookup is far cheaper than the regular expression. Bounded, so a
+# stream of random names cannot grow it without limit.
+_VALID_NAMES: set[str] = set()
+_VALID_NAMES_MAX: Final = 100_000
+_GOOD: Final = "good"
+_isfinite = math.isfinite
+
+
+def _point_problem(point: Point) -> str | None:
+    """Why a point is invalid, or None (the caller names where it is)."""
+    quality = point.quality
+    if quality not in _QUALITIES:
+        return f"unknown quality {quality!r}"
     if point.unit not in UNITS:
-        raise TelemetryError(f"{where}: unknown unit {point.unit!r}")
-    if point.quality == "good":
-        if point.value is None:
-            raise TelemetryError(f"{where}: quality good but no value")
-        if isinstance(point.value, float) and not math.isfinite(point.value):
-            raise TelemetryError(f"{where}: value is not finite")
-    elif point.value is not None:
-        raise TelemetryError(f"{where}: quality {point.quality!r} must carry no value")
+        return f"unknown unit {point.unit!r}"
+    value = point.value
+    if quality == _GOOD:
+        if value is None:
+            return "quality good but no value"
+        if type(value) is float and not _isfinite(value):
+            return "value is not finite"
+    elif value is not None:
+        return f"quality {quality!r} must carry no value"
+    return None
 
 
 def _check_name(where: str, name: str) -> None:
+    if name in _VALID_NAMES:
+        return
     if not NAME_RE.match(name):
         raise TelemetryError(f"{where}: point name {name!r} is not snake_case")
+    if len(_VALID_NAMES) < _VALID_NAMES_MAX:
+        _VALID_NAMES.add(name)
 
 
 def _check_ts(what: str, ts: float) -> None:
-    if not (math.isfinite(ts) and MIN_TS <= ts <= MAX_TS):
+    if not (_isfinite(ts) and MIN_TS <= ts <= MAX_TS):
         raise TelemetryError(f"{what} {ts!r} is not a Unix time in seconds between 2000 and 2100")
 
 
@@ -269,8 +286,10 @@ def validate_batch(batch: Batch) -> Batch:
         raise TelemetryError(f"seq {batch.seq} is negative")
     _check_ts("ts", batch.ts)
     for name, point in batch.points.items():
-        _check_name(name, name)
-        _check_point(f"point {name!r}", point)
+        if name not in _VALID_NAMES:
+            _check_name(f"point {name!r}", name)
+        if (problem := _point_problem(point)) is not None:
+            raise TelemetryError(f"point {name!r}: {problem}")
     for table, rows in batch.tables.items():
         _check_name(f"table {table!r}", table)
         for index, row in rows.items():
@@ -278,7 +297,8 @@ def validate_batch(batch: Batch) -> Batch:
                 raise TelemetryError(f"table {table!r}: bad row index {index!r}")
             for name, point in row.items():
                 _check_name(f"table {table!r} row {index}", name)
-                _check_point(f"table {table!r} row {index} column {name!r}", point)
+                if (problem := _point_problem(point)) is not None:
+                    raise TelemetryError(f"table {table!r} row {index} column {name!r}: {problem}")
     return batch
 
 
