@@ -334,9 +334,19 @@ class NotifySocket:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(str(path))
         self.received: list[str] = []
+        self._matched: set[tuple[int, str]] = set()
 
     def wait_for(self, needle: str, timeout_s: float = 30.0) -> str:
-        """Block until a notification containing needle arrives; return it."""
+        """Block until a notification containing needle arrives; return it.
+
+        Notifications already received count too (READY and STATUS may arrive in either
+        order, or in one datagram), each matched at most once per needle.
+        """
+        matched = self._matched
+        for index, data in enumerate(self.received):
+            if needle in data and (index, needle) not in matched:
+                matched.add((index, needle))
+                return data
         deadline = time.monotonic() + timeout_s
         while True:
             remaining = deadline - time.monotonic()
@@ -349,6 +359,7 @@ class NotifySocket:
                 continue
             self.received.append(data)
             if needle in data:
+                matched.add((len(self.received) - 1, needle))
                 return data
 
     def close(self) -> None:

@@ -202,8 +202,8 @@ def test_run_with_a_bad_configuration_exits_2(tmp_path: Path) -> None:
 def test_sd_notify_ready_status_watchdog_and_stopping(mosquitto: Mosquitto, tmp_path: Path) -> None:
     config = write_config(tmp_path / "c.toml", mosquitto, sqlite_store(tmp_path / "store.sqlite"))
     proc = CollectorProcess(config, tmp_path, env={"WATCHDOG_USEC": "400000", "WATCHDOG_PID": ""})
-    proc.start()  # waits for READY=1 and STATUS=subscribed
     try:
+        proc.start()  # waits for READY=1 and STATUS=subscribed
         assert proc.notify is not None
         proc.notify.wait_for("WATCHDOG=1")
         proc.notify.wait_for("STATUS=")
