@@ -12,6 +12,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 
 from collector.alarms.settings import AlarmsSection, file_problems
 from collector.analytics_config import AvailabilitySection, ContractSection, JobsSection, PueSection
+from collector.optimizer_config import OptimizerSection
 from models.errors import ConfigError, read_toml, resolve_paths, validate
 from models.telemetry import ID_RE
 
@@ -146,6 +147,7 @@ class CollectorConfig(_Section):
     availability: AvailabilitySection | None = None
     contract: ContractSection | None = None
     jobs: JobsSection = JobsSection()
+    optimizer: OptimizerSection | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -134,6 +134,7 @@ class Faults:
     """Faults a test can switch on while the device runs."""
 
     no_answer: bool = False  # drop every request, as a dead or unplugged device does
+    delay_s: float = 0.0  # answer every request this late, as a slow or overloaded device does
     error: tuple[str, str] | None = None  # answer every confirmed request with (error class, error code)
 
 
@@ -183,6 +184,8 @@ class _SimApplication(Application):  # type: ignore[misc]
             sim.traffic.rpm_objects.append([_object_key(spec.objectIdentifier) for spec in apdu.listOfReadAccessSpecs])
         if sim.faults.no_answer:
             return
+        if sim.faults.delay_s > 0:
+            await asyncio.sleep(sim.faults.delay_s)
         if sim.faults.error is not None and isinstance(apdu, ConfirmedRequestPDU):
             error_class, error_code = sim.faults.error
             await self.response(

@@ -40,11 +40,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, metavar="N")
     p = sub.add_parser("site", help="serve a whole simulated site from a scenario file")
     p.add_argument("--scenario", required=True, metavar="FILE")
+    p.add_argument("--write-configs", metavar="DIR", help="write agent.toml and collector.toml polling every device")
+    p.add_argument("--mqtt-url", default="mqtt://127.0.0.1:1883", help="broker named in the written configs")
     p = sub.add_parser("demo", help="run the whole system on simulated hardware")
-    p.add_argument("--minutes", type=float, default=3.0, metavar="M")
-    p.add_argument("--speed", type=float, default=None, metavar="X")
-    p.add_argument("--mqtt-url", default=None)
-    p.add_argument("--out", default="demo-output", metavar="DIR")
+    p.add_argument("--minutes", type=float, default=2.0, metavar="M", help="wall minutes of the simulated day")
+    p.add_argument("--speed", type=float, default=None, metavar="X", help="time acceleration (default: fit one day)")
+    p.add_argument("--mqtt-url", default=None, help="use this broker instead of the embedded one")
+    p.add_argument("--out", default="demo-output", metavar="DIR", help="where the report, charts and logs go")
     sub.add_parser("models", help="list the catalog models")
     return parser
 
@@ -70,7 +72,7 @@ def cmd_device(args: argparse.Namespace) -> int:
 
 def cmd_site(args: argparse.Namespace) -> int:
     """Serve a site scenario."""
-    return _resolve("simulators.site:main")(args.scenario)
+    return _resolve("simulators.site:main")(args.scenario, args.write_configs, args.mqtt_url)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -153,6 +153,22 @@ class SimDevice:
             self._points.setdefault(point.register, []).append(point)
         self._written: dict[Register, dict[int, int]] = {t: {} for t in Register}
         self._warned: set[str] = set()
+        # Values a driver of the simulator (a site's physics) serves instead of the profile.
+        self.values: dict[str, values.Value] = {}
+
+    def value_at(self, point: Point, t_s: float) -> values.Value:
+        """The engineering value a point serves at t_s: the one set with set_value, else its profile."""
+        if point.name in self.values:
+            return self.values[point.name]
+        return profile_value(point, t_s, self.seed)
+
+    def set_value(self, name: str, value: values.Value) -> None:
+        """Serve this value for a point from now on (None: back to its profile); client writes still win."""
+        self.model.point(name)  # KeyError naming the model and point when unknown
+        if value is None:
+            self.values.pop(name, None)
+        else:
+            self.values[name] = value
 
     def points(self, table: Register) -> list[Point]:
         """The model's points in one table."""
@@ -160,7 +176,7 @@ class SimDevice:
 
     def _encode(self, point: Point, t_s: float) -> list[int] | None:
         try:
-            return values.encode_registers(point, profile_value(point, t_s, self.seed))
+            return values.encode_registers(point, self.value_at(point, t_s))
         except CodecError as exc:
             if point.name not in self._warned:
                 self._warned.add(point.name)
@@ -195,7 +211,7 @@ class SimDevice:
             if any(a in covered for a in range(p_start, p_end)):
                 continue
             assert point.bit is not None  # noqa: S101
-            on = bool(profile_value(point, t_s, self.seed))
+            on = bool(self.value_at(point, t_s))
             key = (p_start, p_end)
             proto, word = words.get(key, (point, 0))
             words[key] = (proto, codec.set_bit(word, point.bit, value=on))

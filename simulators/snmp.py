@@ -62,6 +62,7 @@ ALARM_ON_BATTERY: Final = 2
 ALARM_LOW_BATTERY: Final = 3
 ALARM_DEPLETED_BATTERY: Final = 4
 ALARM_INPUT_BAD: Final = 6
+ALARM_ON_BYPASS: Final = 9
 ALARM_OUTPUT_OFF: Final = 14
 ALARM_AWAITING_POWER: Final = 21
 
@@ -143,6 +144,7 @@ class UpsState:
         self.low_batt_min = low_batt_min
         self.mains = True
         self.output_on = True
+        self.bypass = False  # load transferred to the static bypass (inverter out of the path)
         self.charge = 100.0
         self.now_s = 0.0
         self.on_battery_since: float | None = None
@@ -171,6 +173,8 @@ class UpsState:
         """UpsOutputSource by name."""
         if not self.output_on:
             return "none"
+        if self.bypass and self.mains:
+            return "bypass"
         return "normal" if self.mains else "battery"
 
     @property
@@ -206,6 +210,11 @@ class UpsState:
         for kind in (ALARM_INPUT_BAD, ALARM_ON_BATTERY, ALARM_OUTPUT_OFF, ALARM_AWAITING_POWER):
             self._remove(kind)
         self._follow_battery()
+
+    def set_bypass(self, on: bool) -> None:
+        """Transfer the load to the static bypass (on) or back to the inverter; alarm onBypass follows."""
+        self.bypass = on
+        self._set_alarm(ALARM_ON_BYPASS, on)
 
     def advance(self, dt_s: float) -> None:
         """Let dt_s seconds pass: drain on battery, charge on mains."""
