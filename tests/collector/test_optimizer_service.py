@@ -367,5 +367,6 @@ def test_closed_loop_commands_go_through_a_real_agent_within_limits(mosquitto: M
         assert record["outcome"] == "written"
         assert record["by"] == "optimizer"
         assert w.min <= record["value"] <= w.max
+        assert w.max_step is not None
         assert abs(record["value"] - record["before"]) <= w.max_step + 1e-6
         assert record["after"] == pytest.approx(record["value"], abs=0.06)

@@ -55,7 +55,7 @@ def random_decisions(rng: np.random.Generator, twb: np.ndarray, it: np.ndarray) 
         if found.all():
             break
     # Where nothing random was safe, the plant runs flat out (cold water, full flows, every chiller).
-    safe = {
+    safe: dict[str, float] = {
         "chw_supply_c": 7.0,
         "cw_setpoint_c": plant.FANS_AT_MAX,
         "chw_flow_ratio": 1.0,
@@ -63,8 +63,8 @@ def random_decisions(rng: np.random.Generator, twb: np.ndarray, it: np.ndarray) 
         "economiser_on": 0.0,
         "chillers_running": 5.0,
     }
-    for k, v in safe.items():
-        chosen[k][~found] = v
+    for k, fallback in safe.items():
+        chosen[k][~found] = fallback
     return chosen
 
 
