@@ -18,8 +18,11 @@ Units are carried in names: ``_c`` degrees Celsius, ``_k`` kelvin
 ``_kg_s`` kilograms per second, ``_kpa`` kilopascals, ``_m`` metres; ratios are
 dimensionless.
 
-Sign conventions: every heat flow is a positive number of kilowatts in its
-natural direction (load removed from the chilled water, heat rejected to air).
+Sign conventions: heat flows are kilowatts in their natural direction (load
+removed from the chilled water, heat rejected to air); the one that can turn
+negative is the economiser duty, when an economiser left on with condenser
+water warmer than the chilled-water return heats the chilled water.
+The IT load must be positive: the air-side model divides by it.
 """
 
 from __future__ import annotations
