@@ -364,12 +364,10 @@ async def wait_until(predicate: Callable[[], bool], timeout_s: float = WAIT_S, w
         await asyncio.sleep(0.02)  # re-check the condition; other tasks run meanwhile
 
 
-# Run as root, Mosquitto drops to its own user and then cannot write its log or its
-# persistence file in a root-owned temporary folder: a restart would forget every
-# session. "user root" keeps it as the user that started it (ignored when not root).
-KEEP_USER = "user root\n"
-
-
 def start_broker(mosquitto_bin: str, workdir: Path, extra_conf: str = "") -> Mosquitto:
-    """A Mosquitto whose sessions and queues survive stop() and start()."""
-    return servers.start_mosquitto(mosquitto_bin, workdir, extra_conf=KEEP_USER + extra_conf)
+    """A Mosquitto whose sessions and queues survive stop() and start().
+
+    The shared configuration already keeps a root-started broker running as root, so
+    it can write its persistence file in a root-owned temporary folder.
+    """
+    return servers.start_mosquitto(mosquitto_bin, workdir, extra_conf=extra_conf)

@@ -12,7 +12,7 @@ from agent.config import MqttSection
 from agent.publisher import Publisher, PublisherError, PublisherOptions, read_password
 from agent.spool import AsyncSpool, Forwarder
 from models import telemetry
-from tests.agent.agent_helpers import KEEP_USER, Subscriber, make_certs, password_file, start_broker, unique_in_order
+from tests.agent.agent_helpers import Subscriber, make_certs, password_file, start_broker, unique_in_order
 from tests.support import servers
 from tests.support.servers import Mosquitto
 
@@ -164,7 +164,7 @@ def _tls_broker(mosquitto_bin: str, tmp_path: Path) -> tuple[Mosquitto, Path, Pa
         "require_certificate true\n"
         f"allow_anonymous false\npassword_file {passwd}\n"
     )
-    broker = servers.start_mosquitto(mosquitto_bin, tmp_path / "broker", extra_conf=KEEP_USER + extra)
+    broker = servers.start_mosquitto(mosquitto_bin, tmp_path / "broker", extra_conf=extra)
     return broker, certs.ca, tmp_path / "pki"
 
 
