@@ -386,6 +386,8 @@ class OptimizerService:
             else:
                 commanded = _step_only(start, target, self.rate)
             commanded = self._clamp(commanded)
+            if current is not None:
+                commanded = _within_rate(commanded, current, self.rate)
             commands = self._send(commanded, current, now)
         decision = Decision(
             now, section.mode, fallback, reasons, rec, commanded, current, twb, it, inlet, age, fit, commands
@@ -506,6 +508,33 @@ class OptimizerService:
                 self.publish(self.topic, _json_bytes(payload), retain=True)
             except Exception:
                 log.exception("optimizer: could not publish the recommendation")
+
+
+def _within_rate(sp: opt.Setpoints, current: opt.Setpoints, rate: opt.RateLimits) -> opt.Setpoints:
+    """Pull each move that rounding pushed past its rate limit back towards the current value, 0.1 at a time.
+
+    Devices report setpoints at their own precision (15.3 °C in a BACnet float32 reads back as
+    15.3000002) and the agent judges ``max_step`` against that reading, so a full-rate move rounded
+    to 0.1 (15.3000002 - 1 K -> 14.3) would exceed ``max_step`` by the representation error and
+    be refused.
+    """
+
+    def fit(value: float, now: float, most: float) -> float:
+        if not math.isfinite(now):
+            return value
+        towards = 0.1 if value < now else -0.1
+        for _ in range(100):
+            if abs(value - now) <= most:
+                break
+            value = round(value + towards, 1)
+        return value
+
+    return opt.Setpoints(
+        fit(sp.chw_supply_c, current.chw_supply_c, rate.chw_supply_k),
+        fit(sp.cw_setpoint_c, current.cw_setpoint_c, rate.cw_setpoint_k),
+        fit(sp.chw_pump_pct, current.chw_pump_pct, rate.pump_pct),
+        fit(sp.cw_pump_pct, current.cw_pump_pct, rate.pump_pct),
+    )
 
 
 def _step_only(current: opt.Setpoints, target: opt.Setpoints, rate: opt.RateLimits) -> opt.Setpoints:

@@ -9,6 +9,9 @@ from models.values import Value
 
 # BACnet priorities 1-7 are life safety and critical equipment; 8 is the operator's.
 LOWEST_FORBIDDEN_PRIORITY = 7
+# float32 carries about 7 significant digits; a step judged against a value read back from
+# a float32 register may be off by that much without anyone having asked for more.
+FLOAT32_RELATIVE_TOLERANCE = 1e-6
 
 
 class WriteRefused(ValueError):  # noqa: N818  (a refusal, not a crash)
@@ -46,5 +49,8 @@ def check_write(point: Point, value: Value, current: Value = None, *, release: b
         raise WriteRefused(f"{where}: {number:g} is outside [{limits.min:g}, {limits.max:g}]")
     if limits.max_step is not None and isinstance(current, int | float) and not isinstance(current, bool):
         step = abs(number - float(current))
-        if step > limits.max_step + 1e-9:
+        # Devices hand back setpoints at their own precision: 15.3 written to a float32
+        # reads back as 15.3000002, and a full 1 K step from there must still pass.
+        tolerance = FLOAT32_RELATIVE_TOLERANCE * max(1.0, abs(number), abs(float(current)))
+        if step > limits.max_step + tolerance:
             raise WriteRefused(f"{where}: step {step:g} from {float(current):g} exceeds max_step {limits.max_step:g}")
