@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+# The demo needs only the runtime dependencies: a fresh clone gets to it sooner.
+RUN_STAMP := $(VENV)/.installed-run
 
 .PHONY: test lint pytest demo bench venv clean
 
@@ -23,7 +25,14 @@ pytest: $(STAMP)
 
 test: lint pytest
 
-demo: $(STAMP)
+$(RUN_STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e .
+	touch $(RUN_STAMP)
+
+# DEMO_ARGS, e.g. make demo DEMO_ARGS="--minutes 5 --out /tmp/demo"
+demo: $(RUN_STAMP)
 	$(VENV)/bin/dcim-sim demo $(DEMO_ARGS)
 
 bench: $(STAMP)

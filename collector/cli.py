@@ -92,13 +92,22 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Run the collector service until SIGTERM or SIGINT."""
-    from collector import service  # noqa: PLC0415  (keeps the other commands' start-up light)
+    from collector import http as dashboard_http  # noqa: PLC0415  (keeps the other commands' start-up light)
+    from collector import service  # noqa: PLC0415
 
     loaded = collector_config.load(args.config)
+    if args.http:  # checked before anything starts: a bad address is a usage error
+        try:
+            dashboard_http.parse_address(args.http)
+        except dashboard_http.HttpAddressError as exc:
+            print(f"dcim-collector run: {exc}", file=sys.stderr)
+            return EXIT_USAGE
     service.configure_logging(loaded.config, verbose=args.verbose)
-    if getattr(args, "http", None):
-        logging.getLogger(__name__).warning("--http: the dashboard is not part of this build; ignored")
-    return service.run(loaded)
+    try:
+        return service.run(loaded, http=args.http)
+    except dashboard_http.DashboardError as exc:
+        print(f"dcim-collector run: {exc}", file=sys.stderr)
+        return EXIT_FAILED
 
 
 def cmd_not_yet(args: argparse.Namespace) -> int:
@@ -107,12 +116,29 @@ def cmd_not_yet(args: argparse.Namespace) -> int:
     return EXIT_USAGE
 
 
+def cmd_optimize(args: argparse.Namespace) -> int:
+    """Print the chiller-plant optimiser's current recommendation (docs/optimizer.md)."""
+    from collector import optimizer_service  # noqa: PLC0415  (numpy and scipy only for this command)
+    from collector.store import StoreError, create_store  # noqa: PLC0415
+
+    cfg = collector_config.load(args.config).config
+    store = create_store(cfg.store)
+    try:
+        store.open()
+        return optimizer_service.cmd_optimize(cfg, store, as_json=args.json)
+    except StoreError as exc:
+        print(f"dcim-collector optimize: store: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        store.close()
+
+
 COMMANDS: Final[dict[str, Callable[[argparse.Namespace], int]]] = {
     "run": cmd_run,
     "check-config": cmd_check_config,
     "report": reports.cmd_report,
     "settle": settle_cmd.cmd_settle,
-    "optimize": cmd_not_yet,
+    "optimize": cmd_optimize,
     "alarms": cmd_alarms,
 }
 

@@ -13,8 +13,9 @@ from typing import Any, Final
 
 import numpy as np
 
+from collector import http as dashboard_http
 from collector import jobs as analytics_jobs
-from collector import sdnotify
+from collector import optimizer_service, sdnotify
 from collector.alarms.hook import EvaluatingStore, run_ticks
 from collector.alarms.service import AlarmService
 from collector.config import CollectorConfig, LoadedConfig
@@ -78,8 +79,9 @@ class Collector:
     ``store`` replaces the configured store (tests use it to share one store object).
     """
 
-    def __init__(self, loaded: LoadedConfig, store: Store | None = None) -> None:
+    def __init__(self, loaded: LoadedConfig, store: Store | None = None, http: str | None = None) -> None:
         self.loaded = loaded
+        self.http = http  # dashboard: `run --http HOST:PORT` (collector/http.py)
         cfg = loaded.config
         self.config = cfg
         self.store = store or create_store(cfg.store)
@@ -146,6 +148,11 @@ class Collector:
             tasks.append(asyncio.create_task(run_ticks(self.alarms, self.config.alarms.tick_s), name="alarm-ticks"))
         # Analytics jobs (collector/jobs.py, docs/reports.md): energy and PUE, availability, burn rates, settlement.
         analytics = analytics_jobs.start(self.config, self.store, publish=self.subscriber.publish)
+        # Chiller-plant optimiser (collector/optimizer_service.py, docs/optimizer.md).
+        optimizer = optimizer_service.start(self.config, self.store, publish=self.subscriber.publish)
+        # Read-only web dashboard (collector/http.py, docs/cli-dcim-collector.md): `run --http HOST:PORT`.
+        self.optimizer = optimizer
+        dashboard = dashboard_http.start(self, self.http)
         self.subscriber.start()
         log.info(
             "collector %s for site %s: broker %s:%d, store %r, subscribed to %s",
@@ -172,6 +179,8 @@ class Collector:
                 await task
         await self._write_metrics()
         analytics_jobs.stop(analytics)
+        optimizer_service.stop(optimizer)
+        await asyncio.to_thread(dashboard_http.stop, dashboard)
         self.subscriber.stop()
         await asyncio.to_thread(self.store.close)
         if self.alarms is not None:
@@ -263,7 +272,7 @@ class Collector:
             await asyncio.sleep(interval)
 
 
-def run(loaded: LoadedConfig) -> int:
-    """Run the collector in this process until SIGTERM or SIGINT."""
-    collector = Collector(loaded)
+def run(loaded: LoadedConfig, http: str | None = None) -> int:
+    """Run the collector in this process until SIGTERM or SIGINT (with the dashboard on ``http``)."""
+    collector = Collector(loaded, http=http)
     return asyncio.run(collector.run(handle_signals=True))
