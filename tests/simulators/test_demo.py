@@ -56,7 +56,7 @@ def test_bad_flags_exit_2(tmp_path: Path) -> None:
 def test_short_demo_leaves_summary_and_charts(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     result = subprocess.run(
-        [str(BIN / "dcim-sim"), "demo", "--minutes", "0.5", "--out", str(out)],
+        [str(BIN / "dcim-sim"), "demo", "--minutes", "0.75", "--out", str(out)],
         capture_output=True,
         text=True,
         timeout=280,
