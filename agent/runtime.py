@@ -42,6 +42,11 @@ VERSION = "0.1.0"
 STARTUP_DELAY_S = 0.2  # the first poll waits this long after the configuration is loaded
 STOP_POLL_WAIT_S = 5.0  # at shutdown, how long running polls may finish
 STOP_DRAIN_S = 5.0  # at shutdown, how long in-flight batches may be acknowledged
+# The scheduler keeps wall-clock times: after the wall clock steps back an hour it would wait an
+# hour before the next poll. The clock is compared with the monotonic clock this often, and a
+# step larger than CLOCK_STEP_S (either way) reschedules every poll from now.
+CLOCK_CHECK_S = 1.0
+CLOCK_STEP_S = 2.0
 
 
 def poll_deadline_s(device: Device) -> float:
@@ -244,6 +249,7 @@ class Runtime:
             )
             if self.notifier.watchdog_interval_s is not None:
                 self._spawn(self._watchdog(self.notifier.watchdog_interval_s), "watchdog")
+            self._spawn(self._clock_watch(), "clock-watch")
             await self._stop.wait()
         finally:
             await self._shutdown()
@@ -438,8 +444,45 @@ class Runtime:
             await self.forwarder.submit(build)
         except telemetry.TelemetryError as exc:
             log.error("device %s: batch not publishable: %s", device.id, exc, extra={"device": device.id})  # noqa: TRY400
-        except Exception:
-            log.exception("device %s: could not spool the batch", device.id, extra={"device": device.id})
+        except Exception as exc:
+            log.exception(
+                "device %s: could not spool the batch in %s: %s",
+                device.id,
+                self.loaded.config.spool.path,
+                exc,  # noqa: TRY401  (the reason on the first line, for one-line log readers)
+                extra={"device": device.id},
+            )
+
+    async def _clock_watch(self) -> None:
+        """Reschedule every poll when the wall clock steps (NTP correction, a VM resumed, a manual set)."""
+        offset = time.time() - time.monotonic()
+        while True:
+            await asyncio.sleep(CLOCK_CHECK_S)  # the check period, not synchronisation
+            now_offset = time.time() - time.monotonic()
+            step = now_offset - offset
+            offset = now_offset
+            if abs(step) > CLOCK_STEP_S:
+                log.warning(
+                    "the wall clock jumped %s by %.1f s: rescheduling every poll from now",
+                    "back" if step < 0 else "forward",
+                    abs(step),
+                )
+                self._reschedule()
+
+    def _reschedule(self) -> None:
+        """Start every device's schedule again from now, keeping its phase."""
+        assert self._scheduler is not None  # noqa: S101
+        now = time.time()
+        for device_id, state in self._states.items():
+            state.first_at = now + STARTUP_DELAY_S + state.phase_s
+            state.last_slot = -1
+            first = datetime.fromtimestamp(state.first_at, UTC)
+            trigger = IntervalTrigger(seconds=state.device.interval_s, start_date=first, timezone=UTC)
+            with contextlib.suppress(Exception):  # a job removed by a reload meanwhile
+                self._scheduler.reschedule_job(f"poll:{device_id}", trigger=trigger)
+        health_s = self.loaded.config.agent.health_interval_s
+        with contextlib.suppress(Exception):
+            self._scheduler.reschedule_job("__health__", trigger=IntervalTrigger(seconds=health_s, timezone=UTC))
 
     # -- health and watchdog --------------------------------------------------------------
 
@@ -462,6 +505,18 @@ class Runtime:
         return health.status_line(self.health())
 
     async def _health_tick(self) -> None:
+        # Awaited at shutdown like a poll: cancelled half-way, its batch would be lost and the
+        # scheduler would log the cancellation as a failed job.
+        task = asyncio.current_task()
+        if task is not None:
+            self._polls.add(task)
+        try:
+            await self._publish_health()
+        finally:
+            if task is not None:
+                self._polls.discard(task)
+
+    async def _publish_health(self) -> None:
         assert self.forwarder is not None  # noqa: S101
         snap = self.health()
         ts = time.time()

@@ -192,7 +192,8 @@ class Spool:
             self._set_meta(next_seq=next_seq, dropped_oldest=dropped_oldest, dropped_newest=dropped_newest)
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            if db.in_transaction:  # a failed COMMIT (disk full) has already rolled back
+                db.execute("ROLLBACK")
             raise
         self._stats = SpoolStats(depth, used, self.max_bytes, dropped_oldest, dropped_newest, next_seq)
         return stored
@@ -229,7 +230,8 @@ class Spool:
                     freed += int(row[0])
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            if db.in_transaction:  # a failed COMMIT (disk full) has already rolled back
+                db.execute("ROLLBACK")
             raise
         st = self._stats
         self._stats = SpoolStats(

@@ -1,0 +1,1 @@
+"""Chaos tests: restarts, partitions, garbage, full disks and clock jumps (pytest -m chaos)."""
