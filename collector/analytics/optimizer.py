@@ -6,22 +6,30 @@ temperature, the tower fan speed (sent to the towers as the leaving-water
 setpoint it is predicted to give), both pump flow ratios, the economiser and
 the number of chillers, subject to:
 
-- IT inlet ≤ limit - margin - ``inlet_sigma`` x the inlet model's RMSE;
+- IT inlet ≤ limit - margin - ``inlet_sigma`` x the inlet model's error bound
+  at the chosen chilled-water flow (estimated from the fit's residuals);
 - part-load ratio of each running chiller ≤ ``max_plr``;
 - evaporator flow per running chiller ≥ its minimum, condenser flow per
   running chiller within its range, pump flows within their bounds;
 - no chiller only where the economiser is predicted to carry the whole load
-  with ``economiser_margin`` to spare;
-- every model input inside the range the model was fitted on: conditions
-  outside it give no recommendation (and say why) instead of an
-  extrapolation, and decisions are searched only inside it.
+  with ``economiser_margin`` to spare, with the tower water taken warmer by
+  the tower model's error bound (or its local bound there, if larger);
+- the tower-chiller coupling settled, and an economiser in service cooling;
+- every model input inside the range the model was fitted on (jointly, for
+  the chiller and tower inputs, and the predicted approach inside the range
+  seen), except the wet-bulb, where the tower prediction is made
+  conservative up to ``wet_bulb_tolerance_k`` beyond it: conditions further
+  out give no recommendation (and say why) instead of an extrapolation.
 
-Search: for each discrete choice (economiser x chillers running) a coarse
-grid over the four continuous decisions (in a unit cube whose bounds already
-include the flow and inlet constraints), then a compass search from the best
-points, step halving until it is finer than a hundredth of each span.
-Candidates are evaluated as numpy blocks, for one decision (about 10 ms) or
-for a year of hours at once (the benchmark).
+Search: the discrete choices (economiser x chillers running x, where the
+nameplate gives the tower staging, tower cells wetted) are split into pieces
+on which predicted power is continuous. Each piece gets a coarse grid over
+the four continuous decisions (in a unit cube whose bounds already include
+the flow and inlet constraints), then the best pieces are refined by a
+vectorised compass search, step halving until it is finer than
+``refine_step`` of each span. Candidates are evaluated as numpy blocks, for
+one decision (tens of milliseconds) or for a year of hours at once (the
+benchmark).
 """
 
 from __future__ import annotations
@@ -38,13 +46,13 @@ from collector.analytics.plant_fit import (
     CP_WATER_KJ_KG_K,
     ComponentFit,
     PlantFit,
-    chiller_features,
-    economiser_conductance_features,
-    fan_features,
-    inlet_features,
-    predict,
-    pump_features,
-    tower_features,
+    chiller_kw_per_rated,
+    economiser_conductance_kw_k,
+    inlet_error_bound_k,
+    inlet_offset_k,
+    pump_kw,
+    tower_fan_kw,
+    tower_leaving_c,
 )
 
 FloatArray = npt.NDArray[np.float64]
@@ -53,14 +61,15 @@ BoolArray = npt.NDArray[np.bool_]
 
 _N_VARS: Final = 4  # supply (within its feasible span), fan speed, chilled-water flow, condenser-water flow
 _GRID: Final = (
-    (0.6, 1.0),
+    (1.0,),
     (0.0, 0.35, 0.7, 1.0),
     (0.0, 0.33, 0.67, 1.0),
     (0.0, 0.5, 1.0),
 )
 _TOWER_ITERATIONS: Final = 5
+_SETTLED_K: Final = 0.05  # the tower water may still move this much after the last pass
 _INFEASIBLE: Final = 1.0e9
-_CHUNK_ELEMENTS: Final = 300_000
+_CHUNK_ELEMENTS: Final = 200_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +79,8 @@ class OptimizerSettings:
     Attributes:
         inlet_limit_c: Hard IT inlet limit, °C.
         inlet_margin_k: Kept below the limit, K.
-        inlet_sigma: Further RMSEs of the inlet model kept below the limit.
+        inlet_sigma: Further multiples of the inlet model's error bound (at
+            the chosen chilled-water flow) kept below the limit.
         chw_supply_min_c: Lowest chilled-water supply setpoint, °C.
         chw_supply_max_c: Highest chilled-water supply setpoint, °C.
         cw_setpoint_min_c: Lowest condenser-water setpoint the towers accept, °C.
@@ -87,11 +97,12 @@ class OptimizerSettings:
         wet_bulb_tolerance_k: How far beyond the fitted wet-bulb range a condition may lie.
         load_tolerance: How far (fraction) beyond the fitted IT load range a condition may lie.
         refine_pieces: Discrete choices refined by the compass search per decision.
+        refine_step: The compass search stops below this step (fraction of each span).
 
     """
 
     inlet_limit_c: float = 27.0
-    inlet_margin_k: float = 0.5
+    inlet_margin_k: float = 0.1
     inlet_sigma: float = 1.0
     chw_supply_min_c: float = 7.0
     chw_supply_max_c: float = 16.0
@@ -106,14 +117,23 @@ class OptimizerSettings:
     economiser_margin: float = 0.05
     use_economiser: bool = True
     max_chillers: int | None = None
-    wet_bulb_tolerance_k: float = 1.0
+    wet_bulb_tolerance_k: float = 4.0
     load_tolerance: float = 0.05
     refine_pieces: int = 4
+    refine_step: float = 0.002
 
-    def inlet_cap_c(self, fit: PlantFit) -> float:
-        """The highest predicted IT inlet a recommendation may have, °C."""
-        rmse = fit.model("it_inlet").rmse
-        return self.inlet_limit_c - self.inlet_margin_k - self.inlet_sigma * (rmse if math.isfinite(rmse) else 0.0)
+    def inlet_cap_c(self, fit: PlantFit, chw_flow_ratio: npt.ArrayLike | None = None) -> FloatArray:
+        """The highest predicted IT inlet a recommendation may have at a chilled-water flow, °C.
+
+        Without a flow, the cap at the least accurate flow (the lowest cap).
+        """
+        m = fit.model("it_inlet")
+        if chw_flow_ratio is None:
+            bound = np.asarray(m.error_bound if math.isfinite(m.error_bound) else 0.0)
+        else:
+            bound = inlet_error_bound_k(fit, chw_flow_ratio)
+        result: FloatArray = np.asarray(self.inlet_limit_c - self.inlet_margin_k - self.inlet_sigma * bound)
+        return result
 
 
 # ---------------------------------------------------------------------------
@@ -140,6 +160,13 @@ class Prediction:
 
 def _range(m: ComponentFit, key: str, default: tuple[float, float]) -> tuple[float, float]:
     return m.ranges.get(key, default)
+
+
+def _outside(values: FloatArray, m: ComponentFit, key: str) -> FloatArray:
+    """How far values lie outside the range ``m`` was fitted on (0 inside)."""
+    lo, hi = _range(m, key, (-math.inf, math.inf))
+    result: FloatArray = np.maximum(lo - values, 0.0) + np.maximum(values - hi, 0.0)
+    return result
 
 
 def predict_plant(  # noqa: PLR0917, PLR0915  (one physical chain reads best in one place)
@@ -182,11 +209,7 @@ def predict_plant(  # noqa: PLR0917, PLR0915  (one physical chain reads best in 
     c2 = np.maximum(r2 * p.cw_design_flow_kg_s * CP_WATER_KJ_KG_K, 1e-9)
     t_return = ts + q / c1
     m_econ = fit.model("economiser")
-    if m_econ.fitted:
-        g = np.maximum(predict(m_econ, economiser_conductance_features(r1, r2)), 0.0)
-        g = np.where(econ, g, 0.0)
-    else:
-        g = np.zeros_like(ts)
+    g = np.where(econ, economiser_conductance_kw_k(fit, r1, r2), 0.0)
     has = n > 0
     n_safe = np.maximum(n, 1.0)
     m_ch = fit.model("chiller")
@@ -198,41 +221,62 @@ def predict_plant(  # noqa: PLR0917, PLR0915  (one physical chain reads best in 
     plr = q / (n_safe * p.chiller_capacity_kw)
     p_ch = np.zeros_like(ts)
     range_k = np.zeros_like(ts)
-    for _ in range(_TOWER_ITERATIONS):
+    settled = t_tower
+    for i in range(_TOWER_ITERATIONS + 1):
+        # Everything downstream of the tower water; the last pass only makes it agree with the final tower water.
         q_econ = np.minimum(g * (t_return - t_tower), q)
         q_ch = q - q_econ
         entering = t_tower + q_econ / c2
         plr = np.maximum(q_ch, 0.0) / (n_safe * p.chiller_capacity_kw)
-        per = predict(m_ch, chiller_features(plr, ts, entering, p))
-        p_ch = np.where(has, n * p.chiller_capacity_kw * np.maximum(per, 0.0), 0.0)
+        per = chiller_kw_per_rated(fit, plr, ts, entering)
+        p_ch = np.where(has, n * p.chiller_capacity_kw * per, 0.0)
         rejected = q_econ + np.where(has, q_ch, 0.0) + p_ch
         range_k = rejected / c2
-        approach = predict(m_tw, tower_features(twb, range_k, r2, fan))
-        t_tower = twb + np.maximum(approach, 0.0)
-    p_fan = np.maximum(predict(fit.model("tower_fan"), fan_features(fan, r2, p)), 0.0)
-    p_chw = np.maximum(predict(fit.model("chw_pump"), pump_features(r1)), 0.0)
-    p_cw = np.maximum(predict(fit.model("cw_pump"), pump_features(r2)), 0.0)
-    inlet = ts + predict(fit.model("it_inlet"), inlet_features(r1, it / p.design_load_kw))
+        settled = tower_leaving_c(fit, twb, range_k, r2, fan)
+        if i < _TOWER_ITERATIONS:
+            t_tower = settled
+    p_fan = tower_fan_kw(fit, fan, r2)
+    p_chw = pump_kw(fit, "chw", r1)
+    p_cw = pump_kw(fit, "cw", r2)
+    inlet = ts + inlet_offset_k(fit, r1, it)
     plant_kw = p_ch + p_fan + p_chw + p_cw
 
     # Constraints, as excesses (0 where met) so that the search can tell near from far.
-    excess = np.zeros_like(ts)
-    excess += np.maximum(inlet - st.inlet_cap_c(fit), 0.0)
+    excess = np.maximum(inlet - st.inlet_cap_c(fit, r1), 0.0)
+    # The tower-chiller coupling must have settled, and an economiser in service must cool, not heat.
+    excess += np.maximum(np.abs(settled - t_tower) - _SETTLED_K, 0.0)
+    excess += np.where(econ, np.maximum(t_tower - t_return, 0.0), 0.0)
     excess += np.where(has, np.maximum(plr - st.max_plr, 0.0) * 10.0, 0.0)
-    shortfall = np.maximum(q * (1.0 + st.economiser_margin) - g * (t_return - t_tower), 0.0) / np.maximum(q, 1.0)
+    # With no chiller the exchanger must carry the load even if the towers run warmer than predicted,
+    # by the larger of the tower model's error bound and its local bound where it runs.
+    lo_twb, hi_twb = _range(m_tw, "wet_bulb_c", (-math.inf, math.inf))
+    tower_at = {"wet_bulb_c": np.clip(twb, lo_twb, hi_twb), "range_k": range_k, "cw_flow_ratio": r2, "fan_speed": fan}
+    tower_bound = np.full_like(ts, m_tw.error_bound if math.isfinite(m_tw.error_bound) else 0.0)
+    if m_tw.coverage is not None:
+        tower_bound = np.maximum(tower_bound, np.where(has, 0.0, m_tw.coverage.local_bound(tower_at)))
+    carried = g * (t_return - t_tower - np.where(np.isfinite(tower_bound), tower_bound, 1e3))
+    shortfall = np.maximum(q * (1.0 + st.economiser_margin) - carried, 0.0) / np.maximum(q, 1.0)
     excess += np.where(has, 0.0, np.where(econ, shortfall * 10.0, 10.0))
     excess += np.maximum(st.cw_setpoint_min_c - t_tower, 0.0) + np.maximum(t_tower - st.cw_setpoint_max_c, 0.0)
     # Stay inside what the models were fitted on.
-    lo, hi = _range(m_ch, "cw_entering_c", (-math.inf, math.inf))
-    excess += np.where(has, np.maximum(lo - entering, 0.0) + np.maximum(entering - hi, 0.0), 0.0)
-    lo, hi = _range(m_ch, "plr", (0.0, math.inf))
-    excess += np.where(has, np.maximum(plr - hi, 0.0) * 10.0, 0.0)
-    lo, hi = _range(m_tw, "range_k", (-math.inf, math.inf))
-    excess += np.maximum(lo - range_k, 0.0) + np.maximum(range_k - hi, 0.0)
+    effective = np.maximum(entering, np.maximum(p.condenser_floor_c, ts + p.min_lift_k))
+    excess += np.where(has, _outside(effective, m_ch, "cw_entering_c"), 0.0)
+    _, plr_hi = _range(m_ch, "plr", (0.0, math.inf))
+    excess += np.where(has, np.maximum(plr - plr_hi, 0.0) * 10.0, 0.0)
+    excess += _outside(range_k, m_tw, "range_k")
+    excess += _outside(
+        t_tower - np.maximum(twb, _range(m_tw, "wet_bulb_c", (-math.inf, math.inf))[0]), m_tw, "approach_k"
+    )
+    # ... and inside the combinations of inputs they saw (a polynomial can be far off in an unseen corner).
+    if m_tw.coverage is not None:
+        excess += np.where(m_tw.coverage.inside(tower_at), 0.0, 1.0)
+    if m_ch.coverage is not None:
+        seen = m_ch.coverage.inside({"plr": plr, "chw_supply_c": ts, "cw_entering_c": effective})
+        excess += np.where(has & ~seen, 1.0, 0.0)
     if m_econ.fitted:
-        for key, ratio in (("chw_flow_ratio", r1), ("cw_flow_ratio", r2)):
-            lo, hi = _range(m_econ, key, (-math.inf, math.inf))
-            excess += np.where(econ, np.maximum(lo - ratio, 0.0) + np.maximum(ratio - hi, 0.0), 0.0) * 10.0
+        excess += (
+            np.where(econ, _outside(r1, m_econ, "chw_flow_ratio") + _outside(r2, m_econ, "cw_flow_ratio"), 0.0) * 10.0
+        )
     else:
         excess += np.where(econ, 10.0, 0.0)
     excess = np.where(np.isfinite(excess) & np.isfinite(plant_kw), excess, _INFEASIBLE)
@@ -282,14 +326,16 @@ def condition_problems(fit: PlantFit, st: OptimizerSettings, wet_bulb_c: FloatAr
 
 @dataclass(frozen=True)
 class _Pieces:
-    """Discrete choices, flattened with their conditions (one search point each)."""
+    """Discrete choices with their condenser-flow spans, flattened with their conditions (one search point each)."""
 
     hour: IntArray
     econ: FloatArray
     n: FloatArray
+    cw_lo: FloatArray
+    cw_hi: FloatArray
 
     def take(self, index: IntArray) -> _Pieces:
-        return _Pieces(self.hour[index], self.econ[index], self.n[index])
+        return _Pieces(self.hour[index], self.econ[index], self.n[index], self.cw_lo[index], self.cw_hi[index])
 
 
 @dataclass(frozen=True)
@@ -314,7 +360,10 @@ def _static_bounds(fit: PlantFit, st: OptimizerSettings) -> _Bounds:
 
     s_lo = max(st.chw_supply_min_c, cover("chiller", "chw_supply_c")[0], cover("it_inlet", "chw_supply_c")[0])
     s_hi = min(st.chw_supply_max_c, cover("chiller", "chw_supply_c")[1], cover("it_inlet", "chw_supply_c")[1])
-    f_lo = max(0.0, cover("tower_approach", "fan_speed")[0], cover("tower_fan", "fan_speed")[0])
+    # Fans cycling below their minimum speed are not modelled.
+    f_lo = max(
+        fit.nameplate.tower_min_speed, cover("tower_approach", "fan_speed")[0], cover("tower_fan", "fan_speed")[0]
+    )
     f_hi = min(1.0, cover("tower_approach", "fan_speed")[1], cover("tower_fan", "fan_speed")[1])
     c1 = [cover(m, "chw_flow_ratio") for m in ("chw_pump", "it_inlet")]
     c2 = [cover(m, "cw_flow_ratio") for m in ("cw_pump", "tower_approach", "tower_fan")]
@@ -330,6 +379,43 @@ def _static_bounds(fit: PlantFit, st: OptimizerSettings) -> _Bounds:
     )
 
 
+def _choices(fit: PlantFit, st: OptimizerSettings, b: _Bounds) -> list[tuple[float, float, float, float]]:
+    """(economiser, chillers, lowest and highest condenser flow) of every piece searched.
+
+    A piece is a discrete choice and, where the nameplate gives the tower
+    staging, a span of condenser flow with one number of cells wetted: fan
+    power and tower approach jump between cell counts, so a local search must
+    not cross one.
+    """
+    p = fit.nameplate
+    count = p.chillers if st.max_chillers is None else min(st.max_chillers, p.chillers)
+    econ_ok = st.use_economiser and fit.model("economiser").fitted and fit.model("economiser").r2 >= 0.5
+    discrete = [(0.0, float(k)) for k in range(1, count + 1)]
+    if econ_ok:
+        discrete += [(1.0, float(k)) for k in range(count + 1)]
+    per_duty = 1.0 / p.duty_chillers
+    step = p.cell_step()
+    out: list[tuple[float, float, float, float]] = []
+    for econ, n in discrete:
+        lo, hi = b.cw_lo, b.cw_hi
+        if n > 0:
+            lo = max(lo, st.condenser_flow_min * per_duty * n)
+            hi = min(hi, st.condenser_flow_max * per_duty * n)
+        if lo > hi:
+            continue
+        if not math.isfinite(step):
+            out.append((econ, n, lo, hi))
+            continue
+        for cells in range(1, p.tower_cells + 1):
+            # Nudged inside so that rounding cannot land on the next cell count.
+            cell_lo = cells * step * (1.0 + 1e-9) if cells > 1 else -math.inf
+            cell_hi = (cells + 1) * step * (1.0 - 1e-9) if cells < p.tower_cells else math.inf
+            span = (max(lo, cell_lo), min(hi, cell_hi))
+            if span[0] <= span[1]:
+                out.append((econ, n, span[0], span[1]))
+    return out
+
+
 def _decode(  # noqa: PLR0917  (vectorised kernels take the whole state)
     u: FloatArray, pieces: _Pieces, it: FloatArray, fit: PlantFit, st: OptimizerSettings, b: _Bounds
 ) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray, FloatArray]:
@@ -339,16 +425,11 @@ def _decode(  # noqa: PLR0917  (vectorised kernels take the whole state)
     per_duty = 1.0 / p.duty_chillers
     chw_lo = np.maximum(b.chw_lo, st.evaporator_flow_min * per_duty * n)
     chw = chw_lo + u[..., 2] * np.maximum(b.chw_hi - chw_lo, 0.0)
-    cw_lo = np.where(n > 0, np.maximum(b.cw_lo, st.condenser_flow_min * per_duty * n), b.cw_lo)
-    cw_hi = np.where(n > 0, np.minimum(b.cw_hi, st.condenser_flow_max * per_duty * n), b.cw_hi)
-    cw = cw_lo + u[..., 3] * np.maximum(cw_hi - cw_lo, 0.0)
-    offset = predict(fit.model("it_inlet"), inlet_features(chw, it / p.design_load_kw))
-    supply_hi = np.minimum(b.supply_hi, st.inlet_cap_c(fit) - offset)
+    cw = pieces.cw_lo + u[..., 3] * (pieces.cw_hi - pieces.cw_lo)
+    supply_hi = np.minimum(b.supply_hi, st.inlet_cap_c(fit, chw) - inlet_offset_k(fit, chw, it))
     supply = b.supply_lo + u[..., 0] * np.maximum(supply_hi - b.supply_lo, 0.0)
     fan = b.fan_lo + u[..., 1] * (b.fan_hi - b.fan_lo)
-    span_excess = (
-        np.maximum(chw_lo - b.chw_hi, 0.0) + np.maximum(cw_lo - cw_hi, 0.0) + np.maximum(b.supply_lo - supply_hi, 0.0)
-    )
+    span_excess = np.maximum(chw_lo - b.chw_hi, 0.0) + np.maximum(b.supply_lo - supply_hi, 0.0)
     return supply, fan, chw, cw, span_excess
 
 
@@ -363,34 +444,27 @@ def _objective(  # noqa: PLR0917  (vectorised kernels take the whole state)
     return value, pred, (supply, fan, chw, cw)
 
 
-def _choices(fit: PlantFit, st: OptimizerSettings) -> list[tuple[float, float]]:
-    """(economiser, chillers) pairs searched."""
-    count = fit.nameplate.chillers if st.max_chillers is None else min(st.max_chillers, fit.nameplate.chillers)
-    econ_ok = st.use_economiser and fit.model("economiser").fitted and fit.model("economiser").r2 >= 0.5
-    out = [(0.0, float(k)) for k in range(1, count + 1)]
-    if econ_ok:
-        out += [(1.0, float(k)) for k in range(count + 1)]
-    return out
-
-
 def _search(
     fit: PlantFit, st: OptimizerSettings, twb: FloatArray, it: FloatArray, b: _Bounds
 ) -> tuple[FloatArray, _Pieces, FloatArray]:
-    """Best unit-cube point and value per (hour, choice) after grid and compass search."""
-    choices = _choices(fit, st)
+    """Best unit-cube point and value per (hour, piece) after grid and compass search."""
+    choices = _choices(fit, st, b)
     hours = twb.size
     k = len(choices)
+    table = np.array(choices, dtype=np.float64).reshape(-1, 4)
     pieces = _Pieces(
         hour=np.repeat(np.arange(hours, dtype=np.int64), k),
-        econ=np.tile(np.array([c[0] for c in choices]), hours),
-        n=np.tile(np.array([c[1] for c in choices]), hours),
+        econ=np.tile(table[:, 0], hours),
+        n=np.tile(table[:, 1], hours),
+        cw_lo=np.tile(table[:, 2], hours),
+        cw_hi=np.tile(table[:, 3], hours),
     )
     grid = np.array(np.meshgrid(*_GRID, indexing="ij")).reshape(_N_VARS, -1).T
     values, _, _ = _objective(grid[:, np.newaxis, :], pieces, twb, it, fit, st, b)
     arg = values.argmin(axis=0)
     u = grid[arg]
     best = values[arg, np.arange(arg.size)]
-    # Refine the most promising choices of each hour.
+    # Refine the most promising pieces of each hour.
     per_hour = best.reshape(hours, k)
     keep = min(st.refine_pieces, k)
     order = np.argsort(per_hour, axis=1)[:, :keep]
@@ -419,7 +493,7 @@ def _compass(  # noqa: PLR0917  (vectorised kernels take the whole state)
     step = np.full(u.shape[0], 0.25)
     directions = np.concatenate([np.eye(_N_VARS), -np.eye(_N_VARS)])[:, np.newaxis, :]
     active = np.arange(u.shape[0])
-    for _ in range(60):
+    for _ in range(200):
         if active.size == 0:
             break
         sub = pieces.take(active)
@@ -432,7 +506,7 @@ def _compass(  # noqa: PLR0917  (vectorised kernels take the whole state)
         u[moved] = trial[arg[better], np.flatnonzero(better)]
         value[moved] = best[better]
         step[active[~better]] *= 0.5
-        active = active[step[active] >= 0.01]
+        active = active[step[active] >= st.refine_step]
     return u, value
 
 
@@ -500,8 +574,12 @@ def optimize_batch(
     todo = np.array([i for i, r in enumerate(reasons) if not r], dtype=np.int64)
     if todo.size:
         b = _static_bounds(fit, st)
-        per = max(1, _CHUNK_ELEMENTS // (len(_choices(fit, st)) * int(np.prod([len(g) for g in _GRID]))))
-        for start in range(0, todo.size, per):
+        pieces = len(_choices(fit, st, b))
+        if pieces == 0:
+            for i in todo.tolist():
+                reasons[i] = "no operating point meets every constraint inside the fitted ranges"
+        per = max(1, _CHUNK_ELEMENTS // (max(pieces, 1) * int(np.prod([len(g) for g in _GRID]))))
+        for start in range(0, todo.size if pieces else 0, per):
             idx = todo[start : start + per]
             _solve_chunk(fit, st, twb_all[idx], it_all[idx], b, idx, out, reasons)
     ok = np.array([not r for r in reasons], dtype=np.bool_)
@@ -656,13 +734,9 @@ def limit_moves(  # noqa: PLR0917  (vectorised kernels take the whole state)
     chw_pct = step(current.chw_pump_pct, target.chw_pump_pct, limits.pump_pct)
     cw_pct = step(current.cw_pump_pct, target.cw_pump_pct, limits.pump_pct)
     supply = step(current.chw_supply_c, target.chw_supply_c, limits.chw_supply_k)
-    offset = float(
-        predict(
-            fit.model("it_inlet"),
-            inlet_features(np.array([chw_pct / 100.0]), np.array([it_kw / fit.nameplate.design_load_kw])),
-        )[0]
-    )
-    supply = min(supply, st.inlet_cap_c(fit) - offset)
+    chw = np.array([chw_pct / 100.0])
+    safe = st.inlet_cap_c(fit, chw) - inlet_offset_k(fit, chw, np.array([it_kw]))
+    supply = min(supply, float(safe[0]))
     supply = max(supply, st.chw_supply_min_c)
     cw = step(current.cw_setpoint_c, target.cw_setpoint_c, limits.cw_setpoint_k)
     return Setpoints(supply, cw, chw_pct, cw_pct)
