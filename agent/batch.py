@@ -54,7 +54,7 @@ def _json_point(reading: Reading, unit: str) -> dict[str, Any]:
 
 
 def poll_once_object(device: Device, result: PollResult) -> dict[str, Any]:
-    """The poll-once --json object of CONTRACTS.md for one device."""
+    """The poll-once --json object of the public interface for one device."""
     model = device.model
     obj: dict[str, Any] = {
         "device": device.id,

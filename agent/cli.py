@@ -1,4 +1,4 @@
-"""dcim-agent: the edge agent's command line (CONTRACTS.md)."""
+"""dcim-agent: the edge agent's command line (the public interface, docs/cli-*.md)."""
 
 from __future__ import annotations
 

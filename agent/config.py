@@ -1,4 +1,4 @@
-"""Agent configuration: schema (CONTRACTS.md), loading and cross-checks against models."""
+"""Agent configuration: public schema, loading and cross-checks against models."""
 
 from __future__ import annotations
 

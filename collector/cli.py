@@ -1,4 +1,4 @@
-"""dcim-collector: the collector's command line (CONTRACTS.md)."""
+"""dcim-collector: the collector's command line (the public interface, docs/cli-*.md)."""
 
 from __future__ import annotations
 

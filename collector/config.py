@@ -1,4 +1,4 @@
-"""Collector configuration: schema (CONTRACTS.md) and loading."""
+"""Collector configuration: public schema and loading."""
 
 from __future__ import annotations
 

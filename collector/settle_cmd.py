@@ -15,7 +15,7 @@ DEFAULT_TARIFF = 0.60
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags beyond CONTRACTS.md's: the load condition needs capacity and period."""
+    """Flags beyond the original interface: the load condition needs capacity and period."""
     parser.add_argument(
         "--capacity-kw", type=float, metavar="KW", help="contracted IT capacity, for the load condition"
     )

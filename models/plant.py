@@ -848,7 +848,7 @@ def tower_airflow_for_approach(
 ) -> FloatArray:
     """Fan air-flow ratio that gives ``approach_k``, clipped to [minimum, 1].
 
-    PLANT.md asks for the fan speed by bisection on the approach. The YorkCalc
+    The reference asks for the fan speed by bisection on the approach. The YorkCalc
     approach is an exact quadratic in the liquid-to-gas ratio, so the
     bisection's limit is computed in closed form: the root on the branch where
     the approach rises with LG (the first crossing coming down in fan speed

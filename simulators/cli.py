@@ -1,4 +1,4 @@
-"""dcim-sim: simulated devices, a simulated site, and the demo (CONTRACTS.md)."""
+"""dcim-sim: simulated devices, a simulated site, and the demo (the public interface, docs/cli-*.md)."""
 
 from __future__ import annotations
 

@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-REFERENCE_DUTY_KW: Final = 4 * 3500.0  # the reference plant's duty cooling capacity (PLANT.md)
+REFERENCE_DUTY_KW: Final = 4 * 3500.0  # the reference plant's duty cooling capacity (models/plant.py)
 SENSORS_PER_GATEWAY: Final = 16
 DEFAULT_SLOW_DELAY_S: Final = 3.0
 NO_COOLING_INLET_C: Final = 45.0  # where the IT inlet heads when the plant cannot cool at all
@@ -440,7 +440,7 @@ def scaled_params(
     tower_cells: int,
     load: plant_model.LoadParams,
 ) -> plant_model.PlantParams:
-    """PLANT.md's reference plant scaled to ``duty_count`` chillers of ``capacity_kw``.
+    """The reference plant of models/plant.py scaled to ``duty_count`` chillers of ``capacity_kw``.
 
     Flows, conductances and pump powers scale with the duty capacity, so
     temperatures and part-load ratios behave as in the reference plant; the
@@ -1010,7 +1010,7 @@ class SitePhysics:
         return min(ratio, 1.2)
 
     def _steady_state(self) -> PlantTarget:
-        """The plant's steady state at the present setpoints, with its own staging (PLANT.md physics)."""
+        """The plant's steady state at the present setpoints, with its own staging (models/plant.py physics)."""
         self.evaluations += 1
         pl = self.scenario.plant
         params = self.params

@@ -97,7 +97,7 @@ class ControlSection(_Strict):
 
 
 class WeatherSection(_Strict):
-    """[weather]: Beijing's synthetic year (PLANT.md) or an hourly CSV of dry_bulb_c, wet_bulb_c."""
+    """[weather]: Beijing's synthetic year (models/plant.py) or an hourly CSV of dry_bulb_c, wet_bulb_c."""
 
     source: Literal["beijing", "csv"] = "beijing"
     csv: Path | None = None  # relative to the scenario file

@@ -53,7 +53,7 @@ class Setpoints:
     cw_pump_pct: float
 
 
-# PLANT.md case A on the demo plant: 7 °C supply, 29.4 °C condenser water, chilled-water flow for a
+# Benchmark case A on the demo plant: 7 °C supply, 29.4 °C condenser water, chilled-water flow for a
 # 6 K rise at the mean load (37.4 kW over 1.536 kg/s of design flow: 97 %), one condenser pump per
 # running chiller (the plant's one condenser pump at full speed).
 A_LEVEL: Final = Setpoints(7.0, 29.4, 97.0, 100.0)
@@ -140,7 +140,7 @@ inlet_sensors = [{{ measurement = "gateway", device = "{gateway}", fields = [{fi
 
 
 def _feasible(phys: SitePhysics) -> bool:
-    """Whether the plant's steady state at the present setpoints meets PLANT.md's constraints."""
+    """Whether the plant's steady state at the present setpoints meets the plant's constraints."""
     target = phys.target
     assert target is not None
     n = target.running

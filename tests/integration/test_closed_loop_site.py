@@ -1,6 +1,6 @@
 """Closed loop over a simulated week on the site simulator: the optimiser lowers PUE from the A level, within limits.
 
-Processes: ``dcim-sim site`` (the demo room at 3,600x, started at PLANT.md's case A setpoints),
+Processes: ``dcim-sim site`` (the demo room at 3,600x, started at benchmark case A's setpoints),
 a real Mosquitto, ``dcim-agent run`` polling every device every second, and ``dcim-collector
 run`` with an ``[optimizer]`` section, all with the configurations the simulator writes.
 

@@ -290,7 +290,7 @@ def test_source_facility_is_about_eleven_megawatts_of_it() -> None:
 
 
 def test_plant_spot_checks_the_site_relies_on() -> None:
-    """PLANT.md: COP rises with L and falls with E over the whole box; approach about 3.8 K at the reference point."""
+    """COP rises with L and falls with E over the whole box; approach about 3.8 K at the reference point."""
     leaving = np.linspace(7.22, 16.0, 12)[:, None]
     entering = np.linspace(12.78, 32.0, 12)[None, :]
     cop = plant.chiller_cop(2000.0, leaving, entering)
