@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -102,11 +103,15 @@ async def test_embedded_broker_offers_only_a_clients_own_retained_messages() -> 
 
         def client(name: str, filt: str) -> mqtt.Client:
             c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=name, protocol=mqtt.MQTTv311, clean_session=False)
+            subscribed = threading.Event()
             c.on_connect = lambda cl, _u, _f, _rc, _p: cl.subscribe([(filt, 1)])
+            c.on_subscribe = lambda *_a: subscribed.set()
             c.on_message = lambda _cl, _u, m: got[name].append(m.topic)
             c.connect("127.0.0.1", port)
             c.loop_start()
             clients.append(c)
+            # The marker below only proves anything once this client's subscription is in place.
+            assert subscribed.wait(10), f"{name}: no SUBACK"
             return c
 
         publisher = await asyncio.to_thread(client, "wide", "site/#")
