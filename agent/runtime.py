@@ -269,6 +269,9 @@ class Runtime:
                 loop.remove_signal_handler(sig)
         if self._scheduler is not None and self._scheduler.running:
             self._scheduler.pause()
+        # Jobs the scheduler started just before the pause register as running polls on their
+        # first step: let them take it, so that they are waited for rather than cancelled.
+        await asyncio.sleep(0)
         if self._polls:
             _, pending = await asyncio.wait(set(self._polls), timeout=STOP_POLL_WAIT_S)
             for task in pending:

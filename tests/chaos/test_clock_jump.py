@@ -20,10 +20,27 @@ pytestmark = [pytest.mark.chaos, pytest.mark.servers, pytest.mark.timeout(180)]
 
 HOUR = 3600.0
 JUMPED = "the wall clock jumped"
+# libfaketime 0.9.10 breaks Python's time.sleep when the monotonic clock is left alone: Python
+# 3.11 sleeps with clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME), which the library's wrapper
+# turns into EINVAL (paho's reconnect wait then kills its thread). In the agent under test only,
+# sleep is done with a select() timeout instead, which the library passes through.
+SLEEP_FIX = """
+import select
+import time
+
+
+def _sleep(seconds):
+    if seconds < 0:
+        raise ValueError("sleep length must be non-negative")
+    select.select([], [], [], seconds)
+
+
+time.sleep = _sleep
+"""
 
 
 def _libfaketime() -> str:
-    found = sorted(str(p) for p in Path("/usr/lib").glob("*/faketime/libfaketime.so.1"))
+    found = sorted(str(p) for p in Path("/usr/lib").glob("*/faketime/libfaketimeMT.so.1"))
     if not found:
         message = "libfaketime is not installed (Debian package faketime)"
         if servers.servers_required():
@@ -36,7 +53,11 @@ def test_polling_goes_on_when_the_wall_clock_jumps(mosquitto_bin: str, tmp_path:
     lib = _libfaketime()
     offset = tmp_path / "faketime"
     offset.write_text("+0\n")
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(SLEEP_FIX)
     env = {
+        "PYTHONPATH": str(site),
         "LD_PRELOAD": lib,
         "FAKETIME_TIMESTAMP_FILE": str(offset),
         "FAKETIME_NO_CACHE": "1",
