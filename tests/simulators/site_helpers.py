@@ -3,31 +3,16 @@
 from __future__ import annotations
 
 import re
-import socket
 from pathlib import Path
 
 from agent import config as agent_config
 from agent.config import Device
 from simulators.site import LoadedScenario, agent_config_for, load_scenario
+from tests.support.servers import free_port_both
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "configs" / "sites" / "demo.toml"
 SOURCE_FACILITY = REPO / "configs" / "sites" / "source-facility.toml"
-
-
-def free_port_both() -> int:
-    """A loopback port free for both TCP and UDP right now."""
-    for _ in range(100):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-            tcp.bind(("127.0.0.1", 0))
-            port = int(tcp.getsockname()[1])
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                try:
-                    udp.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-                return port
-    raise RuntimeError("no port free for both TCP and UDP")
 
 
 def demo_scenario(folder: Path, subs: dict[str, str] | None = None, extra: str = "") -> Path:

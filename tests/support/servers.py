@@ -20,11 +20,36 @@ INSTALL_HINT = "install them with: sudo apt-get install -y mosquitto influxdb"
 STARTUP_TIMEOUT_S = 30.0
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    """A port nobody listens on right now (TCP by default, or UDP)."""
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port nobody listens on right now (TCP by default, or UDP), never one handed out before.
+
+    The kernel may give the same ephemeral port again once the probing socket is closed; a test that
+    asks for two ports in a row must get two different ones, so ports handed out are remembered.
+    """
+    for _ in range(1000):
+        with socket.socket(socket.AF_INET, kind) as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
+    raise RuntimeError("no loopback port left that was not handed out already")
+
+
+def free_port_both() -> int:
+    """A loopback port free for both TCP and UDP right now, never one handed out before."""
+    for _ in range(1000):
+        port = free_port(socket.SOCK_STREAM)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            try:
+                udp.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no port free for both TCP and UDP")
 
 
 def find_binary(name: str, *extra_dirs: str) -> str | None:
