@@ -108,6 +108,11 @@ def register_count(value_type: ValueType, length: int | None = None) -> int:
     return REGISTERS[value_type]
 
 
+def struct_format(value_type: ValueType) -> str:
+    """The big-endian struct format of a numeric type (KeyError for bool and string)."""
+    return _STRUCT[value_type]
+
+
 def int_range(value_type: ValueType) -> tuple[int, int]:
     """Smallest and largest raw integer of an integer type."""
     return _INT_RANGE[value_type]

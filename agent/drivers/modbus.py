@@ -364,9 +364,16 @@ class _DeviceState:
 class _Poll:
     """The state of one poll in progress."""
 
-    image: dict[Register, dict[int, int]] = field(default_factory=lambda: {t: {} for t in Register})
+    chunks: list[tuple[Read, list[int]]] = field(default_factory=list)  # every read that succeeded
     failed: dict[str, Quality] = field(default_factory=dict)
     requests: int = 0
+
+    def image(self) -> dict[Register, dict[int, int]]:
+        """Every register (or bit) read, by table and address."""
+        image: dict[Register, dict[int, int]] = {t: {} for t in Register}
+        for read, regs in self.chunks:
+            image[read.table].update(zip(range(read.start, read.end), regs, strict=False))
+        return image
 
 
 class ModbusDriver(Driver):
@@ -452,9 +459,7 @@ class ModbusDriver(Driver):
             if ok_left and ok_right:
                 self._learn(device, read, left, right, exc.code)
             return False
-        table = poll.image[read.table]
-        for i, reg in enumerate(regs):
-            table[read.start + i] = reg
+        poll.chunks.append((read, regs))
         return True
 
     def _mark_failed(self, device: Device, read: Read, code: int, poll: _Poll) -> None:
@@ -511,13 +516,23 @@ class ModbusDriver(Driver):
             )
 
     def _decode(self, device: Device, poll: _Poll, fallback: Quality) -> dict[str, Reading]:
-        out: dict[str, Reading] = {}
-        for point in device.model.points:
-            if point.name in poll.failed:
-                out[point.name] = Reading.bad(poll.failed[point.name])
+        """Every point's reading: each read is packed once and its points decoded by compiled decoders."""
+        decoded: dict[str, Reading] = {}
+        for read, regs in poll.chunks:
+            data = values.pack_registers(regs, bits=read.table.is_bit) if len(regs) == read.count else None
+            if data is None:  # a register outside 0..65535, or a short answer: the reference path
+                image = poll.image()
+                for point in read.points:
+                    decoded[point.name] = _decode_point(point, image, fallback)
                 continue
-            out[point.name] = _decode_point(point, poll.image, fallback)
-        return out
+            for name, index, decoder in _layout(read):
+                decoded[name] = decoder(data, index)
+        failed = poll.failed
+        bad = Reading.bad(fallback)
+        return {
+            p.name: Reading.bad(failed[p.name]) if p.name in failed else decoded.get(p.name, bad)
+            for p in device.model.points
+        }
 
     async def poll(self, device: Device) -> PollResult:
         """Read every point of the device once, with the fewest requests the device allows."""
@@ -565,7 +580,7 @@ class ModbusDriver(Driver):
             except LinkError as exc:
                 log.warning("device %s: %s", device.id, exc.reason, extra={"device": device.id, "protocol": "modbus"})
                 return Reading.bad(exc.quality)
-        return _decode_point(point, poll.image, Quality.ERROR)
+        return _decode_point(point, poll.image(), Quality.ERROR)
 
     # ------------------------------------------------------------ writing
 
@@ -638,6 +653,36 @@ class ModbusDriver(Driver):
             with contextlib.suppress(Exception):
                 link.close()
         self._links.clear()
+
+
+Layout = tuple[tuple[str, int, values.RegisterDecoder], ...]
+_LAYOUTS: dict[tuple[int, Register, int, int], tuple[Point, Layout]] = {}
+_LAYOUTS_MAX = 50_000
+
+
+def _layout(read: Read) -> Layout:
+    """(name, index in the read, compiled decoder) of every point wholly inside the read.
+
+    Cached by the read's table, start, count and first point object, so devices of one model
+    share their layouts.
+    """
+    points = read.points
+    if not points:
+        return ()
+    first = points[0]
+    key = (id(first), read.table, read.start, read.count)
+    hit = _LAYOUTS.get(key)
+    if hit is not None and hit[0] is first:
+        return hit[1]
+    layout = tuple(
+        (p.name, p.address - read.start, values.register_decoder(p))
+        for p in points
+        if p.address is not None and read.start <= p.address and p.address + p.registers <= read.end
+    )
+    if len(_LAYOUTS) >= _LAYOUTS_MAX:
+        _LAYOUTS.clear()
+    _LAYOUTS[key] = (first, layout)
+    return layout
 
 
 def _decode_point(point: Point, image: dict[Register, dict[int, int]], fallback: Quality) -> Reading:

@@ -78,3 +78,16 @@ def test_scalar_decoding_for_snmp_and_bacnet() -> None:
     assert decode_scalar(text, b"\xff\x00") == Reading("ff00")
     nan = decode_scalar(point, math.nan)
     assert nan.quality is Quality.NOT_A_NUMBER
+
+
+def test_signed_status_word_with_its_top_bit_set() -> None:
+    # A status word declared int16 whose bit 15 is set decodes as negative; its bits are still read.
+    point = modbus_point(type="int16", bits={0: "alarm", 15: "fault"})
+    assert decode_registers(point, [0x8001]) == Reading("alarm,fault")
+    assert decode_registers(modbus_point(type="int16", bit=15), [0x8000]) == Reading(True)
+    assert decode_registers(modbus_point(type="int32", bit=31), [0x8000, 0]) == Reading(True)
+
+
+def test_negative_status_word_of_no_integer_type_is_a_decode_error() -> None:
+    point = Point.model_validate({"name": "p", "oid": "1.3.6.1.2.1.1.1.0", "bits": {0: "alarm"}})
+    assert decode_scalar(point, -1) == Reading(None, Quality.DECODE_ERROR)
