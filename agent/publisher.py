@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import ssl
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -147,6 +148,9 @@ class Publisher:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._connected = False
         self._pending: dict[int, int | None] = {}  # mid -> token (None: not from the spool)
+        self._acks: list[tuple[int, bool, ReasonCode]] = []  # PUBACKs from paho's thread, not yet handled
+        self._acks_lock = threading.Lock()
+        self._acks_scheduled = False
         self._waiters: dict[int, asyncio.Future[bool]] = {}
         self._started = False
         self.connects = 0
@@ -230,7 +234,13 @@ class Publisher:
     def _paho_publish(
         self, _client: mqtt.Client, _userdata: object, mid: int, reason: ReasonCode, _props: Properties | None
     ) -> None:
-        self._bridge(self._puback, mid, not reason.is_failure, str(reason))
+        # PUBACKs come in bursts: hand them to the loop in groups, one wake-up per group.
+        with self._acks_lock:
+            self._acks.append((mid, not reason.is_failure, reason))
+            if self._acks_scheduled:
+                return
+            self._acks_scheduled = True
+        self._bridge(self._pubacks)
 
     def _paho_message(self, _client: mqtt.Client, _userdata: object, message: mqtt.MQTTMessage) -> None:
         self._bridge(self._message, message.topic, bytes(message.payload))
@@ -268,7 +278,14 @@ class Publisher:
         if self.on_connection is not None and connected != was:
             self.on_connection(connected)
 
-    def _puback(self, mid: int, ok: bool, reason: str) -> None:
+    def _pubacks(self) -> None:
+        with self._acks_lock:
+            acks, self._acks = self._acks, []
+            self._acks_scheduled = False
+        for mid, ok, reason in acks:
+            self._puback(mid, ok, reason)
+
+    def _puback(self, mid: int, ok: bool, reason: object) -> None:
         if mid not in self._pending:
             return
         token = self._pending.pop(mid)

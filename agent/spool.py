@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import functools
 import logging
 import sqlite3
 import time
@@ -159,21 +158,50 @@ class Spool:
         batch alone exceeds max_mb); the drop is counted either way. Messages that carry no
         sequence number (events) are stored with `numbered=False`: build gets 0.
         """
+        outcome = self.append_many([(build, numbered)])[0]
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    def append_many(self, items: list[tuple[Builder, bool]]) -> list[Stored | BaseException | None]:
+        """Store several batches in one transaction (see append), in order; one outcome each.
+
+        A batch whose build raises gets that exception as its outcome and takes no sequence
+        number. If the transaction fails (a full disk), every batch gets the error and none
+        takes a sequence number: nothing was stored.
+        """
         st = self._stats
-        seq = st.next_seq if numbered else 0
-        next_seq = st.next_seq + 1 if numbered else st.next_seq
-        topic, payload = build(seq)
-        size = len(topic) + len(payload) + ROW_OVERHEAD_BYTES
+        next_seq = st.next_seq
+        built: list[tuple[int, int, str, bytes] | BaseException] = []  # (seq, size, topic, payload)
+        for build, numbered in items:
+            seq = next_seq if numbered else 0
+            try:
+                topic, payload = build(seq)
+            except Exception as exc:  # noqa: BLE001  (the caller gets it back for this batch alone)
+                built.append(exc)
+                continue
+            if numbered:
+                next_seq += 1
+            built.append((seq, len(topic) + len(payload) + ROW_OVERHEAD_BYTES, topic, payload))
         dropped_oldest, dropped_newest = st.dropped_oldest, st.dropped_newest
         depth, used = st.depth, st.bytes
+        outcomes: list[Stored | BaseException | None] = []
         db = self._db
+        now = time.time()
         db.execute("BEGIN IMMEDIATE")
         try:
-            stored: Stored | None = None
-            if size > self.max_bytes or (used + size > self.max_bytes and self.when_full == "drop-newest"):
-                dropped_newest += 1
-                log.warning("spool full (%d batches, %.1f MB): dropped the new message (seq %d)", depth, used / MB, seq)
-            else:
+            for entry in built:
+                if isinstance(entry, BaseException):
+                    outcomes.append(entry)
+                    continue
+                seq, size, topic, payload = entry
+                if size > self.max_bytes or (used + size > self.max_bytes and self.when_full == "drop-newest"):
+                    dropped_newest += 1
+                    log.warning(
+                        "spool full (%d batches, %.1f MB): dropped the new message (seq %d)", depth, used / MB, seq
+                    )
+                    outcomes.append(None)
+                    continue
                 if used + size > self.max_bytes:
                     n, freed = self._drop_oldest(used + size - self.max_bytes)
                     dropped_oldest += n
@@ -182,11 +210,11 @@ class Spool:
                     log.warning("spool full: dropped the %d oldest batches (%.2f MB)", n, freed / MB)
                 cur = db.execute(
                     "INSERT INTO batches(seq, topic, payload, size, created) VALUES (?, ?, ?, ?, ?)",
-                    (seq, topic, payload, size, time.time()),
+                    (seq, topic, payload, size, now),
                 )
                 row_id = cur.lastrowid
                 assert row_id is not None  # noqa: S101  (an INSERT always has a row id)
-                stored = Stored(row_id, seq, topic, payload)
+                outcomes.append(Stored(row_id, seq, topic, payload))
                 depth += 1
                 used += size
             self._set_meta(next_seq=next_seq, dropped_oldest=dropped_oldest, dropped_newest=dropped_newest)
@@ -196,7 +224,7 @@ class Spool:
                 db.execute("ROLLBACK")
             raise
         self._stats = SpoolStats(depth, used, self.max_bytes, dropped_oldest, dropped_newest, next_seq)
-        return stored
+        return outcomes
 
     def _drop_oldest(self, need: int) -> tuple[int, int]:
         """Delete the oldest rows until `need` bytes are free; (rows, bytes) deleted."""
@@ -266,6 +294,8 @@ class AsyncSpool:
     def __init__(self, spool: Spool, executor: ThreadPoolExecutor) -> None:
         self.spool = spool
         self._executor = executor
+        self._pending: list[tuple[Builder, bool, asyncio.Future[Stored | None]]] = []
+        self._writer: asyncio.Task[None] | None = None
 
     @classmethod
     async def open(cls, path: Path, max_mb: float, when_full: WhenFull) -> AsyncSpool:
@@ -288,8 +318,37 @@ class AsyncSpool:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     async def append(self, build: Builder, *, numbered: bool = True) -> Stored | None:
-        """See Spool.append."""
-        return await self._run(functools.partial(self.spool.append, build, numbered=numbered))
+        """See Spool.append. Appends made while the spool's thread is busy are stored together.
+
+        Polls finish in bursts; each append joins the group waiting for the spool's thread, and
+        the group is built and committed in one transaction with one hand-off (group commit).
+        The order of the appends is kept, and each caller gets its own outcome.
+        """
+        future: asyncio.Future[Stored | None] = asyncio.get_running_loop().create_future()
+        self._pending.append((build, numbered, future))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write_pending(), name="spool-append")
+        return await future
+
+    async def _write_pending(self) -> None:
+        while self._pending:
+            group, self._pending = self._pending, []
+            try:
+                outcomes = await self._run(self.spool.append_many, [(b, n) for b, n, _ in group])
+            except BaseException as exc:  # the transaction failed: nothing of the group was stored
+                for _, _, future in group:
+                    if not future.done():
+                        future.set_exception(exc if isinstance(exc, Exception) else SpoolError(str(exc)))
+                if not isinstance(exc, Exception):
+                    raise
+                continue
+            for (_, _, future), outcome in zip(group, outcomes, strict=True):
+                if future.done():
+                    continue
+                if isinstance(outcome, BaseException):
+                    future.set_exception(outcome)
+                else:
+                    future.set_result(outcome)
 
     async def delete(self, ids: list[int]) -> int:
         """See Spool.delete."""
@@ -300,8 +359,11 @@ class AsyncSpool:
         return await self._run(self.spool.after, row_id, limit)
 
     async def close(self) -> None:
-        """Close the spool and its thread."""
+        """Finish the appends under way, then close the spool and its thread."""
         try:
+            if self._writer is not None:
+                with contextlib.suppress(Exception):
+                    await self._writer
             await self._run(self.spool.close)
         finally:
             self._executor.shutdown(wait=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.spool import MB, ROW_OVERHEAD_BYTES, Spool, SpoolError
+from agent.spool import MB, ROW_OVERHEAD_BYTES, AsyncSpool, Builder, Spool, SpoolError, Stored
 
 
 def _builder(size: int = 100, topic: str = "dcim/v1/s/a/d/telemetry") -> Callable[[int], tuple[str, bytes]]:
@@ -113,6 +114,58 @@ def test_a_failing_builder_stores_nothing_and_uses_no_sequence_number(tmp_path: 
     assert stored.seq == 1
     assert spool.stats.depth == 1
     spool.close()
+
+
+def test_append_many_stores_in_one_go_and_a_failing_build_takes_no_number(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool.sqlite", max_mb=1)
+
+    def broken(_seq: int) -> tuple[str, bytes]:
+        raise ValueError("cannot build")
+
+    outcomes = spool.append_many([(_builder(), True), (broken, True), (_builder(), False), (_builder(), True)])
+    assert isinstance(outcomes[1], ValueError)
+    stored = [o for o in outcomes if isinstance(o, Stored)]
+    assert [s.seq for s in stored] == [1, 0, 2]
+    assert [r.seq for r in spool.after(0, 100)] == [1, 0, 2]
+    assert spool.stats.next_seq == 3
+    assert spool.stats.depth == 3
+    spool.close()
+
+
+def test_concurrent_appends_are_grouped_keep_their_order_and_their_own_outcomes(tmp_path: Path) -> None:
+    async def main() -> tuple[list[Stored | BaseException | None], list[int], int]:
+        spool = await AsyncSpool.open(tmp_path / "spool.sqlite", max_mb=1, when_full="drop-oldest")
+        calls = 0
+        inner = spool.spool.append_many
+
+        def counting(items: list[tuple[Builder, bool]]) -> list[Stored | BaseException | None]:
+            nonlocal calls
+            calls += 1
+            return inner(items)
+
+        spool.spool.append_many = counting  # type: ignore[method-assign]
+
+        def build(i: int) -> Callable[[int], tuple[str, bytes]]:
+            def make(seq: int) -> tuple[str, bytes]:
+                if i == 7:
+                    raise ValueError("device 7 cannot be encoded")
+                return "dcim/v1/s/a/d/telemetry", f"{i}:{seq}".encode()
+
+            return make
+
+        outcomes = await asyncio.gather(*(spool.append(build(i)) for i in range(50)), return_exceptions=True)
+        rows = [int(r.payload.split(b":")[0]) for r in spool.spool.after(0, 100)]
+        await spool.close()
+        return outcomes, rows, calls
+
+    outcomes, rows, calls = asyncio.run(main())
+    assert isinstance(outcomes[7], ValueError)
+    assert "device 7" in str(outcomes[7])
+    good = [o for o in outcomes if isinstance(o, Stored)]
+    assert [s.seq for s in good] == list(range(1, 50))  # contiguous: the failed build took no number
+    assert [int(s.payload.split(b":")[0]) for s in good] == [i for i in range(50) if i != 7]
+    assert rows == [i for i in range(50) if i != 7]
+    assert calls < 50  # grouped: appends made while the spool's thread was busy went in together
 
 
 def test_two_agents_cannot_share_a_spool(tmp_path: Path) -> None:
