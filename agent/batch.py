@@ -9,18 +9,44 @@ import msgspec
 from agent.config import Device
 from agent.drivers.base import PollResult
 from models import telemetry
+from models.quality import Quality
+from models.schema import DeviceModel
 from models.values import Reading
+
+GOOD = Quality.GOOD
 
 
 def _point(reading: Reading, unit: str, counter: bool) -> telemetry.Point:
-    value = reading.value if reading.quality.good else None
-    return telemetry.Point(value=value, unit=unit, quality=reading.quality.value, counter=counter)
+    quality = reading.quality
+    return telemetry.Point(reading.value if quality is GOOD else None, unit, quality.value, counter)
+
+
+# Per model object: (name, unit, counter) of each point, in model order.
+_POINT_META: dict[int, tuple[DeviceModel, tuple[tuple[str, str, bool], ...]]] = {}
+
+
+def _point_meta(model: DeviceModel) -> tuple[tuple[str, str, bool], ...]:
+    hit = _POINT_META.get(id(model))
+    if hit is not None and hit[0] is model:
+        return hit[1]
+    meta = tuple((p.name, p.unit, p.counter) for p in model.points)
+    if len(_POINT_META) >= 10_000:
+        _POINT_META.clear()
+    _POINT_META[id(model)] = (model, meta)
+    return meta
 
 
 def to_batch(site: str, agent_id: str, device: Device, result: PollResult, seq: int) -> telemetry.Batch:
     """One wire-format batch for one poll of one device."""
     model = device.model
-    points = {p.name: _point(result.points[p.name], p.unit, p.counter) for p in model.points if p.name in result.points}
+    readings = result.points
+    wire = telemetry.Point
+    points: dict[str, telemetry.Point] = {}
+    for name, unit, counter in _point_meta(model):
+        reading = readings.get(name)
+        if reading is not None:
+            quality = reading.quality
+            points[name] = wire(reading.value if quality is GOOD else None, unit, quality.value, counter)
     tables: dict[str, dict[str, telemetry.Row]] = {}
     for table in model.tables:
         rows = result.tables.get(table.name)

@@ -409,7 +409,8 @@ class Runtime:
         deadline = poll_deadline_s(device)
         try:
             async with self.lock_for(device):
-                return await asyncio.wait_for(driver.poll(device), timeout=deadline)
+                async with asyncio.timeout(deadline):  # no extra task, unlike wait_for on 3.11
+                    return await driver.poll(device)
         except TimeoutError:
             log.warning("device %s: poll exceeded %.1f s; cancelled", device.id, deadline, extra={"device": device.id})
             return failed_result(
@@ -421,10 +422,9 @@ class Runtime:
 
     def _account(self, state: DeviceState, result: PollResult) -> None:
         state.latency_ms = result.elapsed_s * 1000.0
-        state.points_good = result.good
-        state.points_bad = result.bad
+        state.points_good, state.points_bad = result.counts()
         has_points = bool(result.points or result.tables)
-        if result.error is None and (result.good > 0 or not has_points):
+        if result.error is None and (state.points_good > 0 or not has_points):
             state.polls_ok += 1
             state.last_error = ""
             return

@@ -5,9 +5,8 @@ from __future__ import annotations
 import math
 import struct
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from functools import lru_cache
-from typing import Final
+from typing import Final, NamedTuple
 
 from models import codec
 from models.codec import CodecError, ValueType
@@ -17,9 +16,12 @@ from models.schema import Column, Point
 Value = float | int | str | bool | None
 
 
-@dataclass(frozen=True, slots=True)
-class Reading:
-    """A decoded value and its quality. A value is None exactly when quality is not good."""
+class Reading(NamedTuple):
+    """A decoded value and its quality. A value is None exactly when quality is not good.
+
+    A named tuple: one is made for every point of every poll, and a tuple is made several
+    times faster than a frozen dataclass.
+    """
 
     value: Value
     quality: Quality = Quality.GOOD

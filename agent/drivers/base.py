@@ -6,6 +6,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from models.quality import Quality
 from models.values import Reading, Value
 
 if TYPE_CHECKING:
@@ -31,19 +32,29 @@ class PollResult:
     elapsed_s: float = 0.0
     error: str | None = None  # device-level failure (timeout, refused), if any
 
+    def counts(self) -> tuple[int, int]:
+        """(good, bad): points with and without a value, table cells included."""
+        good_q = Quality.GOOD
+        good = total = 0
+        for r in self.points.values():
+            good += r.quality is good_q
+        total = len(self.points)
+        for t in self.tables.values():
+            for row in t.values():
+                for r in row.values():
+                    good += r.quality is good_q
+                total += len(row)
+        return good, total - good
+
     @property
     def good(self) -> int:
         """Number of good points, table cells included."""
-        n = sum(1 for r in self.points.values() if r.quality.good)
-        return n + sum(1 for t in self.tables.values() for row in t.values() for r in row.values() if r.quality.good)
+        return self.counts()[0]
 
     @property
     def bad(self) -> int:
         """Number of points without a value, table cells included."""
-        n = sum(1 for r in self.points.values() if not r.quality.good)
-        return n + sum(
-            1 for t in self.tables.values() for row in t.values() for r in row.values() if not r.quality.good
-        )
+        return self.counts()[1]
 
 
 @dataclass(frozen=True, slots=True)

@@ -332,7 +332,7 @@ async def read_table(
     if len(regs) != count:
         link.close()
         raise LinkError(Quality.COMM_ERROR, f"{label}: answer has {len(regs)} registers for {count}")
-    return [int(r) for r in regs]
+    return regs  # ints from pymodbus; pack_registers checks their range
 
 
 @dataclass
@@ -528,10 +528,13 @@ class ModbusDriver(Driver):
             for name, index, decoder in _layout(read):
                 decoded[name] = decoder(data, index)
         failed = poll.failed
+        points = device.model.points
+        if not failed and len(decoded) == len(points):
+            return decoded  # every point read (in read order; consumers look points up by name)
         bad = Reading.bad(fallback)
         return {
             p.name: Reading.bad(failed[p.name]) if p.name in failed else decoded.get(p.name, bad)
-            for p in device.model.points
+            for p in points
         }
 
     async def poll(self, device: Device) -> PollResult:
