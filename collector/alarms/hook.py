@@ -10,7 +10,6 @@ from typing import Self
 from collector.alarms.service import AlarmService
 from collector.config import StoreSection
 from collector.store import FloatArray, IntArray, SeriesKey, Store, Stored
-from models.telemetry import Batch, Event
 
 log = logging.getLogger(__name__)
 
@@ -47,14 +46,10 @@ class EvaluatingStore(Store):
     def write_batches(self, messages: Sequence[Stored]) -> None:
         """Write, then evaluate alarms; an alarm failure never fails the write."""
         self.inner.write_batches(messages)
-        for message in messages:
-            try:
-                if isinstance(message, Batch):
-                    self.alarms.on_batch(message)
-                elif isinstance(message, Event):
-                    self.alarms.on_event(message)
-            except Exception:
-                log.exception("alarm evaluation failed for a message from device %s", getattr(message, "device", "?"))
+        try:
+            self.alarms.on_messages(messages)
+        except Exception:
+            log.exception("alarm evaluation failed for a write of %d messages", len(messages))
 
     def read_series(
         self,

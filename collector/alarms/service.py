@@ -7,7 +7,7 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final, Protocol
 
@@ -95,6 +95,27 @@ class AlarmService:
         """Evaluate a batch; the transitions it caused."""
         with self._lock:
             return self._apply(self.engine.on_batch(batch))
+
+    def on_messages(self, messages: Sequence[object]) -> list[Transition]:
+        """Evaluate the batches and events of one store write together; the transitions they caused.
+
+        The same transitions, in the same order, as on_batch and on_event one message at a
+        time, but recorded in one transaction and published in one pass. A message the engine
+        fails on is logged with its device and skipped; the others are evaluated.
+        """
+        with self._lock:
+            signals: list[Signal] = []
+            for message in messages:
+                try:
+                    if isinstance(message, Batch):
+                        signals += self.engine.on_batch(message)
+                    elif isinstance(message, Event):
+                        signals += self.engine.on_event(message)
+                except Exception:
+                    log.exception(
+                        "alarm evaluation failed for a message from device %s", getattr(message, "device", "?")
+                    )
+            return self._apply(signals)
 
     def on_event(self, event: Event) -> list[Transition]:
         """Take an agent event (an SNMP trap) as alarm input."""
@@ -215,8 +236,12 @@ class AlarmService:
         if not transitions:
             return []
         stored = self.store.record(transitions)
+        # The lifecycle holds each alarm as its last transition left it; the store may have
+        # added to it (an acknowledgement made elsewhere). Take the newest copy of each alarm.
+        newest = {t.alarm.id: t.alarm for t in stored}
+        for alarm in newest.values():
+            self.lifecycle.update(alarm)
         for t in stored:
-            self.lifecycle.update(t.alarm)
             log.info(
                 "alarm %s %s: %s %s (%s)",
                 t.alarm.id,

@@ -14,6 +14,7 @@ import pytest
 from collector import cli
 from collector.alarms.service import AlarmService
 from collector.alarms.settings import AlarmsSection
+from models.telemetry import Batch, Event
 from tests.collector.alarms.helpers import SITE, T0, batch, event
 from tests.collector.alarms.webhook_server import Receiver, webhook_receiver
 
@@ -316,3 +317,35 @@ def test_default_paths_follow_the_sqlite_store_or_the_working_directory(tmp_path
         Path("/var/lib/x/a.sqlite"),
         tmp_path / "dl.jsonl",
     )
+
+
+def test_a_whole_write_evaluated_at_once_gives_the_transitions_of_one_by_one(tmp_path: Path) -> None:
+    # A backlog write holds many batches of one device: raise, clear and raise again in one group.
+    readings = ["normal", "battery", "battery", "normal", "normal", "normal", "battery", "normal"]
+    messages: list[Batch | Event] = [
+        batch(T0 + 10 * i, {"output_source": s}, device="ups-1") for i, s in enumerate(readings)
+    ]
+    messages.insert(3, event(T0 + 25, "upsTrapOnBattery", device="ups-2"))
+
+    one_pub = Published()
+    one = AlarmService(section(tmp_path / "one"), base_dir=tmp_path / "one", publish=one_pub, now=T0)
+    singly = []
+    for m in messages:
+        singly += one.on_batch(m) if isinstance(m, Batch) else one.on_event(m)
+
+    group_pub = Published()
+    group = AlarmService(section(tmp_path / "group"), base_dir=tmp_path / "group", publish=group_pub, now=T0)
+    together = group.on_messages(messages)
+
+    assert [(t.type, t.alarm.device, t.alarm.state) for t in together] == [
+        (t.type, t.alarm.device, t.alarm.state) for t in singly
+    ]
+    assert [t.type for t in together if t.alarm.device == "ups-1"] == ["raised", "cleared", "reraised"]
+    assert group_pub.messages == one_pub.messages
+    assert sorted((a.device, a.state, a.count) for a in group.active()) == sorted(
+        (a.device, a.state, a.count) for a in one.active()
+    )
+    # The lifecycle holds the newest state of each alarm, not an older one of the same write.
+    assert {a.device for a in group.active()} == {"ups-1", "ups-2"}
+    one.close()
+    group.close()
