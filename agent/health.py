@@ -47,6 +47,7 @@ class AgentHealth:
     commands_ok: int
     commands_refused: int
     memory_rss_bytes: int | None
+    spool_failed: int = 0  # batches the spool could not store (disk full, I/O error): lost, since start
 
     @property
     def failing(self) -> int:
@@ -88,6 +89,7 @@ def _agent_points(h: AgentHealth) -> dict[str, telemetry.Point]:
         "spool_dropped": _p(h.spool.dropped, "count", counter=True),
         "spool_dropped_oldest": _p(h.spool.dropped_oldest, "count", counter=True),
         "spool_dropped_newest": _p(h.spool.dropped_newest, "count", counter=True),
+        "spool_failed": _p(h.spool_failed, "count", counter=True),
         "commands_ok": _p(h.commands_ok, "count", counter=True),
         "commands_refused": _p(h.commands_refused, "count", counter=True),
     }
@@ -133,6 +135,7 @@ def status_line(health: AgentHealth) -> str:
     return (
         f"{n} devices, {n - health.failing} ok, {health.failing} failing; "
         f"mqtt {'connected' if health.mqtt_connected else 'DISCONNECTED'}; "
-        f"spool {health.spool.depth} batches, {health.spool.dropped} dropped; "
+        f"spool {health.spool.depth} batches, {health.spool.dropped} dropped"
+        f"{f', {health.spool_failed} NOT SPOOLED' if health.spool_failed else ''}; "
         f"rss {'?' if rss is None else f'{rss / MB:.0f} MB'}"
     )

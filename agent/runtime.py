@@ -150,6 +150,7 @@ class Runtime:
         self._last_progress = time.monotonic()
         self._scheduler: AsyncIOScheduler | None = None
         self.spool: AsyncSpool | None = None
+        self.spool_failed = 0  # batches the spool could not store since start (lost)
         self.forwarder: Forwarder | None = None
         self.publisher: Publisher | None = None
         self.commands: CommandHandler | None = None
@@ -448,10 +449,12 @@ class Runtime:
         except telemetry.TelemetryError as exc:
             log.error("device %s: batch not publishable: %s", device.id, exc, extra={"device": device.id})  # noqa: TRY400
         except Exception as exc:
+            self.spool_failed += 1
             log.exception(
-                "device %s: could not spool the batch in %s: %s",
+                "device %s: could not spool the batch in %s (%d lost so far): %s",
                 device.id,
                 self.loaded.config.spool.path,
+                self.spool_failed,
                 exc,  # noqa: TRY401  (the reason on the first line, for one-line log readers)
                 extra={"device": device.id},
             )
@@ -502,6 +505,7 @@ class Runtime:
             commands_ok=self.commands.ok if self.commands is not None else 0,
             commands_refused=self.commands.refused if self.commands is not None else 0,
             memory_rss_bytes=health.memory_rss_bytes(),
+            spool_failed=self.spool_failed,
         )
 
     def _status_text(self) -> str:

@@ -409,6 +409,7 @@ class _Device:
     first_ts: float | None = None
     last_ts: float | None = None
     last_good_any: float | None = None
+    lag: float = 0.0  # arrival minus batch time of the newest batch (0 without an arrival time)
     intervals: deque[float] = field(default_factory=lambda: deque(maxlen=_INTERVALS_KEPT))
     periods: Mapping[str, float] = field(default_factory=dict)
     last_good: dict[_Source, float] = field(default_factory=dict)
@@ -461,13 +462,19 @@ class Engine:
 
     # -------------------------------------------------------- inputs
 
-    def on_batch(self, batch: Batch) -> list[Signal]:
-        """Evaluate every rule instance of the batch's device; debounced changes out."""
+    def on_batch(self, batch: Batch, received: float | None = None) -> list[Signal]:
+        """Evaluate every rule instance of the batch's device; debounced changes out.
+
+        `received` is when the batch arrived (wall clock). Staleness is judged on the device's
+        own time line: a backlog worked off after an outage arrives late but steadily, and its
+        devices are not stale while it does; they are once it stops for long enough.
+        """
         dev = self._device(batch.site, batch.device)
         ts = batch.ts
         if dev.last_ts is not None and ts <= dev.last_ts:
             self.skipped += 1
             return []
+        dev.lag = received - ts if received is not None else 0.0
         if dev.model != batch.model or dev.kind != batch.kind:
             dev.model, dev.kind = batch.model, batch.kind
             dev.periods = self._periods(batch.model)
@@ -523,12 +530,14 @@ class Engine:
         """Judge staleness and event holds at `now` for devices whose batches stopped."""
         out: list[Signal] = []
         for dev in self._devices.values():
-            if dev.last_ts is not None and now > dev.last_ts:
-                ctx = _Ctx(dev, now, None)
+            # The device's time now: its newest batch's time plus the time since it arrived.
+            at = now - dev.lag
+            if dev.last_ts is not None and at > dev.last_ts:
+                ctx = _Ctx(dev, at, None)
                 out.extend(
-                    self._signal(dev, inst, now, "tick")
+                    self._signal(dev, inst, at, "tick")
                     for inst in dev.bound
-                    if any(isinstance(e, _StaleEval) for e in inst.evals) and inst.step(inst.condition(ctx), now)
+                    if any(isinstance(e, _StaleEval) for e in inst.evals) and inst.step(inst.condition(ctx), at)
                 )
             self._expire_holds(dev, now, out)
         return out

@@ -94,7 +94,7 @@ class AlarmService:
     def on_batch(self, batch: Batch) -> list[Transition]:
         """Evaluate a batch; the transitions it caused."""
         with self._lock:
-            return self._apply(self.engine.on_batch(batch))
+            return self._apply(self.engine.on_batch(batch, time.time()))
 
     def on_messages(self, messages: Sequence[object]) -> list[Transition]:
         """Evaluate the batches and events of one store write together; the transitions they caused.
@@ -105,10 +105,11 @@ class AlarmService:
         """
         with self._lock:
             signals: list[Signal] = []
+            received = time.time()
             for message in messages:
                 try:
                     if isinstance(message, Batch):
-                        signals += self.engine.on_batch(message)
+                        signals += self.engine.on_batch(message, received)
                     elif isinstance(message, Event):
                         signals += self.engine.on_event(message)
                 except Exception:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 import resource
 from pathlib import Path
 
 import pytest
 
+from agent.health import HEALTH_DEVICE
 from tests.agent.agent_helpers import Subscriber, base_sections, simulators, write_config
 from tests.chaos.helpers import all_seqs, count, good, missing, start_agent, wait
 from tests.support import servers
@@ -16,6 +18,12 @@ pytestmark = [pytest.mark.chaos, pytest.mark.servers, pytest.mark.timeout(180)]
 
 FILE_LIMIT_BYTES = 256 * 1024  # every file the agent writes may grow to this: the spool's disk is "full"
 FULL = "could not spool the batch"
+
+
+def _spool_failed(sub: Subscriber) -> float:
+    """The largest spool_failed the agent's health batches have reported so far."""
+    seen = [b.points["spool_failed"].value for b in sub.batches(HEALTH_DEVICE) if "spool_failed" in b.points]
+    return max((float(v) for v in seen if isinstance(v, int | float)), default=0.0)
 
 
 def _limit_file_size() -> None:
@@ -42,6 +50,8 @@ def test_a_full_disk_under_the_spool(mosquitto_bin: str, tmp_path: Path) -> None
             sub = Subscriber(broker.host, broker.port, persistent=True, client_id="chaos-collector").start()
             failures = count(log, FULL)
             sub.wait_for(lambda _r: len([b for b in sub.batches("meter-1") if good(b)]) >= 20, what="batches")
+            # The agent's health counts the batches it could not spool (they are lost, not dropped).
+            sub.wait_for(lambda _r: _spool_failed(sub) >= 3, what="spool_failed in the agent's health")
             assert agent.terminate() == 0, agent.output()
             sub.wait_for(lambda _r: not missing(all_seqs(sub)), what="every sequence number")
             assert count(log, FULL) == failures, "spooling failed again after space was freed"
@@ -54,7 +64,8 @@ def test_a_full_disk_under_the_spool(mosquitto_bin: str, tmp_path: Path) -> None
     text = log.read_text(errors="replace")
     # The error names the device and says why; nothing that was spooled is lost.
     spool = tmp_path / "spool.sqlite"
-    named = [line for line in text.splitlines() if f"device meter-1: could not spool the batch in {spool}: " in line]
+    said = re.compile(rf"device meter-1: could not spool the batch in {re.escape(str(spool))} \(\d+ lost so far\): ")
+    named = [line for line in text.splitlines() if said.search(line)]
     assert named, text[-3000:]
     assert all(line.endswith(("database or disk is full", "disk I/O error")) for line in named), named[:3]
     assert "cannot rollback" not in text

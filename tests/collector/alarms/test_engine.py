@@ -158,6 +158,31 @@ def test_device_not_answering_judged_against_the_batch_interval() -> None:
     assert [(s.active, s.cause) for s in cleared] == [(False, "batch")]
 
 
+def test_a_backlog_arriving_late_but_steadily_is_not_stale_until_it_stops() -> None:
+    # The collector works off 10 minutes of a device's batches (every 10 s) in 20 s of wall time.
+    engine = Engine([rule({"id": "gone", "condition": {"type": "stale", "point": "*", "factor": 3.0}})])
+    wall = T0 + 600.0
+    for i in range(60):
+        received = wall + i / 3
+        assert engine.on_batch(batch(T0 + 10 * i, {"x": 1.0}), received) == []
+        assert engine.tick(received + 0.1) == []  # its newest batch arrived a moment ago: not stale
+    last_arrival = wall + 59 / 3
+    # Then nothing more arrives: stale once three periods pass without a batch.
+    assert engine.tick(last_arrival + 29) == []
+    raised = engine.tick(last_arrival + 31)
+    assert [(s.active, s.cause) for s in raised] == [(True, "tick")]
+    assert raised[0].ts == T0 + 590 + 31  # on the device's own time line
+
+
+def test_an_agent_clock_behind_the_collectors_is_not_taken_for_silence() -> None:
+    engine = Engine([rule({"id": "gone", "condition": {"type": "stale", "point": "*", "factor": 3.0}})])
+    skew = 120.0  # the agent's clock is two minutes behind
+    for i in range(5):
+        assert engine.on_batch(batch(T0 + 10 * i, {"x": 1.0}), T0 + 10 * i + skew) == []
+    assert engine.tick(T0 + 40 + skew + 5) == []
+    assert [s.active for s in engine.tick(T0 + 40 + skew + 31)] == [True]
+
+
 def test_device_answering_with_failed_reads_only_is_not_answering() -> None:
     engine = Engine([rule({"id": "gone", "condition": {"type": "stale", "point": "*", "factor": 2.0}})])
     series = [(T0, {"x": 1.0}), (T0 + 10, {"x": 1.0})] + [(T0 + 10 * i, {"x": "!timeout"}) for i in (2, 3, 4)]
