@@ -39,6 +39,10 @@ CREATE TABLE IF NOT EXISTS meta (
 """
 
 Builder = Callable[[int], tuple[str, bytes]]  # seq -> (topic, payload)
+# Group commit: batches appended within this long of each other are stored in one
+# transaction (a batch is spooled at most this much later), up to GROUP_MAX at a time.
+GROUP_LINGER_S = 0.02
+GROUP_MAX = 256
 R = TypeVar("R")
 
 
@@ -318,11 +322,11 @@ class AsyncSpool:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     async def append(self, build: Builder, *, numbered: bool = True) -> Stored | None:
-        """See Spool.append. Appends made while the spool's thread is busy are stored together.
+        """See Spool.append. Appends made within GROUP_LINGER_S of each other are stored together.
 
-        Polls finish in bursts; each append joins the group waiting for the spool's thread, and
-        the group is built and committed in one transaction with one hand-off (group commit).
-        The order of the appends is kept, and each caller gets its own outcome.
+        Each append joins the group waiting for the spool's thread; the group is built and
+        committed in one transaction with one hand-off (group commit). The order of the
+        appends is kept, and each caller gets its own outcome.
         """
         future: asyncio.Future[Stored | None] = asyncio.get_running_loop().create_future()
         self._pending.append((build, numbered, future))
@@ -332,7 +336,11 @@ class AsyncSpool:
 
     async def _write_pending(self) -> None:
         while self._pending:
-            group, self._pending = self._pending, []
+            if len(self._pending) < GROUP_MAX:
+                # Polls are spread over their interval, so batches rarely finish together:
+                # wait a moment for more to join (one transaction and one hand-off for all).
+                await asyncio.sleep(GROUP_LINGER_S)
+            group, self._pending = self._pending[:GROUP_MAX], self._pending[GROUP_MAX:]
             try:
                 outcomes = await self._run(self.spool.append_many, [(b, n) for b, n, _ in group])
             except BaseException as exc:  # the transaction failed: nothing of the group was stored

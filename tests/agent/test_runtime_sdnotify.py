@@ -138,7 +138,12 @@ async def test_watchdog_is_withheld_while_polling_makes_no_progress(
         task = asyncio.create_task(runtime.run())
         try:
             await asyncio.wait_for(runtime.running.wait(), 30)
-            await wait_until(lambda: runtime.state("meter-1").polls_ok == 1 and runtime.watchdog_sent > 0)
+            # The first poll over (its batch spooled too), and a ping sent.
+            await wait_until(
+                lambda: runtime.state("meter-1").polls_ok == 1
+                and "meter-1" not in runtime._busy
+                and runtime.watchdog_sent > 0
+            )
             assert runtime.progressing()
             # Pretend the last poll finished long ago: polling is stuck as far as systemd cares.
             runtime._last_progress -= 10 * 3600
