@@ -15,7 +15,7 @@ import numpy as np
 
 from collector import http as dashboard_http
 from collector import jobs as analytics_jobs
-from collector import optimizer_service, sdnotify
+from collector import sdnotify
 from collector.alarms.hook import EvaluatingStore, run_ticks
 from collector.alarms.service import AlarmService
 from collector.config import CollectorConfig, LoadedConfig
@@ -149,7 +149,12 @@ class Collector:
         # Analytics jobs (collector/jobs.py, docs/reports.md): energy and PUE, availability, burn rates, settlement.
         analytics = analytics_jobs.start(self.config, self.store, publish=self.subscriber.publish)
         # Chiller-plant optimiser (collector/optimizer_service.py, docs/optimizer.md).
-        optimizer = optimizer_service.start(self.config, self.store, publish=self.subscriber.publish)
+        optimizer = None
+        if self.config.optimizer is not None and self.config.optimizer.mode != "off":
+            # Imported only when used: the optimiser brings scipy (start-up time and memory).
+            from collector import optimizer_service  # noqa: PLC0415
+
+            optimizer = optimizer_service.start(self.config, self.store, publish=self.subscriber.publish)
         # Read-only web dashboard (collector/http.py, docs/cli-dcim-collector.md): `run --http HOST:PORT`.
         self.optimizer = optimizer
         dashboard = dashboard_http.start(self, self.http)
@@ -179,7 +184,10 @@ class Collector:
                 await task
         await self._write_metrics()
         analytics_jobs.stop(analytics)
-        optimizer_service.stop(optimizer)
+        if optimizer is not None:
+            from collector import optimizer_service  # noqa: PLC0415
+
+            optimizer_service.stop(optimizer)
         await asyncio.to_thread(dashboard_http.stop, dashboard)
         self.subscriber.stop()
         await asyncio.to_thread(self.store.close)
