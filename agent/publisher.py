@@ -154,6 +154,7 @@ class Publisher:
         self._waiters: dict[int, asyncio.Future[bool]] = {}
         self._started = False
         self.connects = 0
+        self.thread_restarts = 0  # paho network threads that ended unexpectedly and were restarted
         self.last_error = ""
         self._client = self._make_client()
 
@@ -363,6 +364,33 @@ class Publisher:
             return False
         finally:
             self._waiters.pop(info.mid, None)
+
+    def revive(self) -> bool:
+        """Restart paho's network thread if it ended without stop() (an exception in its loop).
+
+        Without it, the agent would go on polling and spooling with no broker connection and
+        nothing but a traceback to show. The connection is dropped and made afresh (the
+        session keeps what was in flight). Called every second; True when it had to restart.
+        """
+        if not self._started:
+            return False
+        thread = getattr(self._client, "_thread", None)  # paho keeps its network thread here
+        if thread is not None and thread.is_alive():
+            return False
+        self.thread_restarts += 1
+        log.error(
+            "mqtt %s:%d: paho's network thread stopped unexpectedly; reconnecting with a new one (restart %d)",
+            self.options.host,
+            self.options.port,
+            self.thread_restarts,
+        )
+        self._set_connected(connected=False, session_present=False, reason="network thread stopped")
+        sock = self._client.socket()
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.close()  # the new thread finds the link lost and reconnects
+        self._client.loop_start()
+        return True
 
     async def stop(self, offline_payload: bytes | None = None, timeout_s: float = 5.0) -> None:
         """Publish the retained offline status (when given), disconnect and stop paho's thread."""

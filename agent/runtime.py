@@ -8,6 +8,7 @@ import json
 import logging
 import signal
 import sys
+import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -460,10 +461,16 @@ class Runtime:
             )
 
     async def _clock_watch(self) -> None:
-        """Reschedule every poll when the wall clock steps (NTP correction, a VM resumed, a manual set)."""
+        """Every second: watch the wall clock and paho's network thread.
+
+        A clock step (NTP correction, a VM resumed, a manual set) reschedules every poll; a
+        network thread ended by an exception is replaced.
+        """
         offset = time.time() - time.monotonic()
         while True:
             await asyncio.sleep(CLOCK_CHECK_S)  # the check period, not synchronisation
+            if self.publisher is not None:
+                self.publisher.revive()  # paho's thread, if an exception ended it
             now_offset = time.time() - time.monotonic()
             step = now_offset - offset
             offset = now_offset
@@ -730,6 +737,23 @@ def setup_logging(section: AgentSection, verbose: bool = False) -> None:
     logging.getLogger("apscheduler").setLevel(logging.ERROR)
     if not verbose:
         logging.getLogger("agent.publisher.paho").setLevel(logging.WARNING)
+    threading.excepthook = _log_thread_exception
+
+
+def _log_thread_exception(args: threading.ExceptHookArgs) -> None:
+    """An exception that ends a thread (paho's, the spool's) goes to the agent's log, not bare stderr."""
+    if args.exc_type is SystemExit:
+        return
+    thread = args.thread.name if args.thread is not None else "?"
+    if args.exc_value is None:
+        log.error("thread %s ended with an error: %s", thread, args.exc_type.__name__)
+        return
+    log.error(
+        "thread %s ended with an error: %s",
+        thread,
+        args.exc_value,
+        exc_info=(args.exc_type, args.exc_value, args.exc_traceback),
+    )
 
 
 def run_service(path: str, verbose: bool = False) -> int:

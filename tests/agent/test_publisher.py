@@ -12,7 +12,14 @@ from agent.config import MqttSection
 from agent.publisher import Publisher, PublisherError, PublisherOptions, read_password
 from agent.spool import AsyncSpool, Forwarder
 from models import telemetry
-from tests.agent.agent_helpers import Subscriber, make_certs, password_file, start_broker, unique_in_order
+from tests.agent.agent_helpers import (
+    Subscriber,
+    make_certs,
+    password_file,
+    start_broker,
+    unique_in_order,
+    wait_until,
+)
 from tests.support import servers
 from tests.support.servers import Mosquitto
 
@@ -280,3 +287,37 @@ async def test_forwarder_replays_an_outage_in_order_and_empties_the_spool(mosqui
 
 def _seqs(sub: Subscriber) -> list[int]:
     return [b.seq for b in sub.batches()]
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+async def test_a_dead_network_thread_is_replaced_and_publishing_resumes(
+    mosquitto: Mosquitto, caplog: pytest.LogCaptureFixture
+) -> None:
+    events = Events()
+    pub = events.attach(Publisher(_options(mosquitto)))
+    pub.start()
+    try:
+        await asyncio.wait_for(events.up.wait(), 30)
+        assert pub.revive() is False  # alive: nothing to do
+        client = pub._client
+
+        def boom(*_args: object) -> None:
+            raise RuntimeError("a bug in a callback")
+
+        # An exception escaping a callback ends paho's network thread.
+        client.on_publish = boom
+        assert pub.send(*_batch(1), token=1)
+        await wait_until(lambda: getattr(client, "_thread", None) is None, what="paho's thread to end")
+        client.on_publish = pub._paho_publish
+        with caplog.at_level("ERROR", logger="agent.publisher"):
+            assert pub.revive() is True
+        assert pub.thread_restarts == 1
+        assert "paho's network thread stopped unexpectedly" in caplog.text
+        assert not pub.connected
+        await asyncio.wait_for(events.up.wait(), 30)  # reconnected by the new thread
+        assert pub.send(*_batch(2), token=2)
+        while (delivered := await asyncio.wait_for(events.delivered.get(), 30)) != (2, True):
+            assert delivered == (1, True)  # the first batch again, if the broker resent its PUBACK
+        assert pub.revive() is False
+    finally:
+        await pub.stop()

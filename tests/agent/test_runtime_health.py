@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
 
 from agent import config as agent_config
 from agent import health
+from agent import runtime as runtime_module
 from agent.health import AgentHealth, DeviceHealth
 from agent.runtime import Runtime
 from agent.spool import SpoolStats
@@ -133,3 +135,19 @@ def test_run_exits_2_when_the_spool_cannot_be_opened(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert "spool" in done.stderr
     assert str(blocker) in done.stderr
+
+
+def test_an_exception_ending_a_thread_goes_to_the_log(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(threading, "excepthook", runtime_module._log_thread_exception)
+
+    def fail() -> None:
+        raise OSError("the socket went away")
+
+    thread = threading.Thread(target=fail, name="paho-mqtt-client-test")
+    with caplog.at_level("ERROR", logger="agent.runtime"):
+        thread.start()
+        thread.join()
+    assert "thread paho-mqtt-client-test ended with an error: the socket went away" in caplog.text
+    assert "Traceback" in caplog.text
