@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import gzip
 import http.client
+import os
 import subprocess
 import tempfile
 import threading
@@ -147,9 +148,11 @@ def raw_bodies(batches: list[telemetry.Batch]) -> list[bytes]:
     ]
 
 
-def raw_ingest(port: int, database: str, bodies: list[bytes], values: int) -> float:
-    """Post the prepared bodies over one connection, one after the other; values per second."""
+def raw_ingest(influx: c.Server, database: str, bodies: list[bytes], values: int) -> tuple[float, float]:
+    """Post the prepared bodies over one connection, one after the other; (values per second, InfluxDB CPU s)."""
+    port = influx.port
     c.influx_query(port, f'CREATE DATABASE "{database}"')
+    cpu_before = c.proc_stat(influx.proc.pid).cpu_s
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
     query = urllib.parse.urlencode({"db": database, "precision": "ns"})
     headers = {"Content-Type": "text/plain; charset=utf-8", "Content-Encoding": "gzip"}
@@ -162,7 +165,7 @@ def raw_ingest(port: int, database: str, bodies: list[bytes], values: int) -> fl
             raise RuntimeError(f"InfluxDB refused a raw write: {resp.status} {text[:200]!r}")
     elapsed = time.perf_counter() - started
     conn.close()
-    return values / elapsed
+    return values / elapsed, c.proc_stat(influx.proc.pid).cpu_s - cpu_before
 
 
 def stored_values(port: int, database: str) -> int:
@@ -267,6 +270,8 @@ class Drain:
     seconds: float
     peak_mb: float
     cpu_s: float
+    influx_cpu_s: float  # InfluxDB's CPU during the drain
+    broker_cpu_s: float  # Mosquitto's
     duplicates: int
     reconnects: int
     broker_said: str
@@ -316,6 +321,7 @@ def drain(work: Path, broker: c.Server, influx: c.Server, data: Backlog, profile
     # 3. The drain.
     offset = len(log.read_bytes())
     started_ns = time.time_ns()
+    influx_cpu0, broker_cpu0 = c.proc_stat(influx.proc.pid).cpu_s, c.proc_stat(broker.proc.pid).cpu_s
     proc = start_collector(config, log)
     spy = c.start_profiler(proc.pid, profile) if profile is not None else None
     peak = 0.0
@@ -333,6 +339,8 @@ def drain(work: Path, broker: c.Server, influx: c.Server, data: Backlog, profile
         # A message delivered again after a reconnect may have been counted twice: the store decides.
         waited_until = wait_stored(influx.port, database, data.values)
         stat = c.proc_stat(proc.pid)
+        influx_cpu = c.proc_stat(influx.proc.pid).cpu_s - influx_cpu0
+        broker_cpu = c.proc_stat(broker.proc.pid).cpu_s - broker_cpu0
         peak = max(peak, stat.hwm_mb)
         last = metrics(influx.port, database)
     finally:
@@ -356,7 +364,16 @@ def drain(work: Path, broker: c.Server, influx: c.Server, data: Backlog, profile
     rate_v = (data.values - first[1]) / ((end_ns - first[0]) / 1e9) if end_ns > first[0] else 0.0
     from_start = data.values / ((end_ns - started_ns) / 1e9)
     return Drain(
-        rate_v, from_start, (end_ns - started_ns) / 1e9, peak, stat.cpu_s, int(last[-1][3]), reconnects, broker_said
+        rate_v,
+        from_start,
+        (end_ns - started_ns) / 1e9,
+        peak,
+        stat.cpu_s,
+        influx_cpu,
+        broker_cpu,
+        int(last[-1][3]),
+        reconnects,
+        broker_said,
     )
 
 
@@ -375,11 +392,11 @@ def main() -> int:
         influx = c.start_influxdb(root / "influxdb")
         stack.append(influx)
         c.say("raw InfluxDB ingest (before) ...")
-        raw_before = raw_ingest(influx.port, "raw_before", bodies, data.values)
+        raw_before, raw_cpu_before = raw_ingest(influx, "raw_before", bodies, data.values)
         c.say("the collector ...")
         result = drain(root, broker, influx, data, args.profile)
         c.say("raw InfluxDB ingest (after) ...")
-        raw_after = raw_ingest(influx.port, "raw_after", bodies, data.values)
+        raw_after, raw_cpu_after = raw_ingest(influx, "raw_after", bodies, data.values)
         stored = stored_values(influx.port, "dcim")
         raw_stored = stored_values(influx.port, "raw_after")
     raw = (raw_before + raw_after) / 2
@@ -415,6 +432,28 @@ def main() -> int:
             ("", ""),
         )
     )
+    # CPU per value of each process, and the ratio those costs allow on this machine's cores
+    # if nothing else ran: the collector's pipeline (collector + broker + InfluxDB) against
+    # InfluxDB alone.
+    per_mv = 1e6 / data.values
+    raw_us = (raw_cpu_before + raw_cpu_after) / 2 * per_mv
+    pipeline_us = (result.cpu_s + result.influx_cpu_s + result.broker_cpu_s) * per_mv
+    cores = os.cpu_count() or 1
+    ceiling = cores * 1e6 / pipeline_us / raw if pipeline_us > 0 else 0.0
+    print()
+    print(
+        c.table(
+            f"CPU per value (µs) and the ratio it allows on {cores} cores",
+            [
+                ("collector (decode, alarms, line protocol, MQTT)", round(result.cpu_s * per_mv, 2)),
+                ("InfluxDB while the collector writes", round(result.influx_cpu_s * per_mv, 2)),
+                ("Mosquitto while the collector drains", round(result.broker_cpu_s * per_mv, 2)),
+                ("InfluxDB ingesting the raw line protocol", round(raw_us, 2)),
+                ("ratio to raw if the whole machine ran the pipeline", round(ceiling, 3)),
+            ],
+            ("", ""),
+        )
+    )
     verdicts = [
         (">= 100,000 values/s", result.values_per_s >= TARGET_VALUES_PER_S),
         (">= 0.5 of raw InfluxDB ingest", ratio >= TARGET_RATIO),
@@ -435,6 +474,13 @@ def main() -> int:
                 "ratio_to_raw": round(ratio, 3),
                 "rss_mb_backlog": round(result.peak_mb, 1),
                 "raw_values_per_s": round(raw, 1),
+                "cpu_us_per_value": {
+                    "collector": round(result.cpu_s * per_mv, 3),
+                    "influxdb_drain": round(result.influx_cpu_s * per_mv, 3),
+                    "mosquitto_drain": round(result.broker_cpu_s * per_mv, 3),
+                    "influxdb_raw": round(raw_us, 3),
+                },
+                "ratio_ceiling": round(ceiling, 3),
                 "devices": devices,
                 "messages": len(data.messages),
                 "values": data.values,

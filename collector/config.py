@@ -126,7 +126,7 @@ class IngestSection(_Section):
     # Unacknowledged messages held in memory, and the MQTT 5 receive maximum asked of the broker.
     # When the queue is full the collector stops reading (and acknowledging) until it drains.
     queue_max_messages: int = Field(default=10_000, ge=1, le=65_535)
-    max_write_values: int = Field(default=50_000, ge=1, le=10_000_000)
+    max_write_values: int = Field(default=200_000, ge=1, le=10_000_000)
     # How long the writer waits for a write to fill up (fewer, larger writes are much faster).
     write_linger_s: float = Field(default=0.2, ge=0, le=10)
     dedup_window: int = Field(default=256, ge=0, le=1_000_000)
