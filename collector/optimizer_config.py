@@ -34,11 +34,17 @@ class NameplateSection(_Section):
     condenser_floor_c: float = 13.0  # head-pressure control: lowest condenser water the chillers see
     min_lift_k: float = Field(default=4.0, ge=0)
     tower_min_speed: float = Field(default=0.2, ge=0, lt=1)  # fans cycle below this speed
+    # Tower cell staging (both or neither; 0: unknown): cells installed, and the condenser
+    # flow each wetted cell needs. With them, fan power is modelled per wetted cell.
+    tower_cells: int = Field(default=0, ge=0, le=64)
+    tower_cell_min_flow_kg_s: float = Field(default=0.0, ge=0)
 
     @model_validator(mode="after")
     def _duty(self) -> Self:
         if self.duty_chillers > self.chillers:
             raise ValueError("duty_chillers cannot exceed chillers")
+        if (self.tower_cells > 0) != (self.tower_cell_min_flow_kg_s > 0):
+            raise ValueError("tower_cells and tower_cell_min_flow_kg_s go together: give both or neither")
         return self
 
 
@@ -124,7 +130,7 @@ class OptimizerSection(_Section):
     sample_s: float = Field(default=300.0, ge=10, le=3600)  # telemetry averaged into bins this long
     inlet_limit_c: float = 27.0
     inlet_margin_k: float = Field(default=0.5, ge=0)
-    inlet_sigma: float = Field(default=1.0, ge=0)  # further RMSEs of the inlet model kept below the limit
+    inlet_sigma: float = Field(default=1.0, ge=0)  # further multiples of the inlet model's error bound kept below
     fallback_inlet_margin_k: float = Field(default=0.3, ge=0)  # measured inlet this close to the limit: fall back
     max_data_age_s: float = Field(default=900.0, ge=10)  # newest plant data older than this: stale, fall back
     min_r2: float = Field(default=0.8, ge=0, le=1)

@@ -92,6 +92,8 @@ def nameplate_of(section: OptimizerSection) -> Nameplate:
         condenser_floor_c=n.condenser_floor_c,
         min_lift_k=n.min_lift_k,
         tower_min_speed=n.tower_min_speed,
+        tower_cells=n.tower_cells,
+        tower_cell_min_flow_kg_s=n.tower_cell_min_flow_kg_s,
     )
 
 

@@ -370,3 +370,20 @@ def test_closed_loop_commands_go_through_a_real_agent_within_limits(mosquitto: M
         assert w.max_step is not None
         assert abs(record["value"] - record["before"]) <= w.max_step + 1e-6
         assert record["after"] == pytest.approx(record["value"], abs=0.06)
+
+
+def test_tower_cell_staging_reaches_the_fitting_nameplate(tmp_path: Path) -> None:
+    data = config(tmp_path).model_dump()
+    data["optimizer"]["nameplate"] |= {"tower_cells": 8, "tower_cell_min_flow_kg_s": 60.0}
+    section = CollectorConfig.model_validate(data).optimizer
+    assert section is not None
+    plate = svc.nameplate_of(section)
+    assert (plate.tower_cells, plate.tower_cell_min_flow_kg_s) == (8, 60.0)
+    assert plate.knows_tower_cells
+    # Without them the towers are fitted as one; one without the other is refused, by name.
+    base = config(tmp_path).optimizer
+    assert base is not None
+    assert not svc.nameplate_of(base).knows_tower_cells
+    data["optimizer"]["nameplate"]["tower_cell_min_flow_kg_s"] = 0.0
+    with pytest.raises(ValueError, match="tower_cells and tower_cell_min_flow_kg_s go together"):
+        CollectorConfig.model_validate(data)
