@@ -78,7 +78,9 @@ def stored_report(table: MeterTable, year: int, repeat: int) -> tuple[float, flo
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--meters", type=int, default=200)
+    parser.add_argument(
+        "--meters", type=int, default=200, help="meters in all (at least 21: 20 are facility, cooling and chain)"
+    )
     parser.add_argument("--devices", type=int, default=200, help="UPS (6) plus rack PDUs for availability")
     parser.add_argument("--year", type=int, default=2022)
     parser.add_argument("--seed", type=int, default=7)

@@ -100,6 +100,8 @@ def meter_energy(
     rng = np.random.default_rng(seed)
     n_facility, n_cooling, n_chain = 4, 12, 4
     n_it = n_meters - n_facility - n_cooling - n_chain
+    if n_it < 1:
+        raise SystemExit(f"--meters {n_meters}: at least {n_facility + n_cooling + n_chain + 1} meters are needed")
     it_kw = 11_000.0 / n_it
     binned: list[tuple[str, Role, BinnedEnergy]] = []
 
@@ -190,7 +192,9 @@ def availability(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--meters", type=int, default=200)
+    parser.add_argument(
+        "--meters", type=int, default=200, help="meters in all (at least 21: 20 are facility, cooling and chain)"
+    )
     parser.add_argument("--devices", type=int, default=200, help="UPS (6) plus rack PDUs for availability")
     parser.add_argument("--year", type=int, default=2022)
     parser.add_argument("--seed", type=int, default=7)
