@@ -173,7 +173,7 @@ class _Eval:
                 self.last = (src, value)
                 return True
             out = False
-            if self.last is None or self.last[0] == src:
+            if self.last is None or self.last[0] is src or self.last[0] == src:
                 self.last = (src, value)
         return out
 
@@ -187,13 +187,20 @@ class _Eval:
 
 
 class _ThresholdEval(_Eval):
-    __slots__ = ("above", "below", "h")
+    __slots__ = ("above", "below", "h", "plain")
 
     def __init__(self, leaf: Threshold, sources: list[_Source], table: tuple[str, str] | None = None) -> None:
+        self.plain = False
         super().__init__(sources, table)
         self.above = leaf.above
         self.below = leaf.below
         self.h = leaf.hysteresis
+        self.rebind(sources)
+
+    def rebind(self, sources: list[_Source]) -> None:
+        """New sources; whether they are all plain points (the inlined path)."""
+        super().rebind(sources)
+        self.plain = self.table is None and not any(src.table for src in sources)
 
     def test(self, src: _Source, value: Scalar | None, ts: float, active: bool) -> bool | None:  # noqa: ARG002
         v = _number(value)
@@ -203,6 +210,39 @@ class _ThresholdEval(_Eval):
         if self.above is not None and v > self.above - h:
             return True
         return self.below is not None and v < self.below + h
+
+    def __call__(self, ctx: _Ctx, active: bool) -> bool | None:
+        """_Eval.__call__, inlined for points (most rules): the same answers, a few times faster."""
+        points = ctx.points
+        if not self.plain or points is None:
+            return super().__call__(ctx, active)
+        h = self.h if active else 0.0
+        above = None if self.above is None else self.above - h
+        below = None if self.below is None else self.below + h
+        out: bool | None = None
+        last = self.last
+        for src in self.sources:
+            p = points.get(src.point)
+            if p is None or p.quality != GOOD:
+                continue  # says nothing now
+            value = p.value
+            kind = type(value)
+            if kind is float or kind is int:
+                v = float(value)  # type: ignore[arg-type]
+            elif value is None:
+                out = False  # a good point without a value: not over the limit
+                if last is None or last[0] is src or last[0] == src:
+                    self.last = last = (src, value)
+                continue
+            else:
+                continue  # text or a flag: no number to compare
+            if (above is not None and v > above) or (below is not None and v < below):
+                self.last = (src, value)
+                return True
+            out = False
+            if last is None or last[0] is src or last[0] == src:
+                self.last = last = (src, value)
+        return out
 
 
 def _tag(value: Scalar) -> tuple[str, Scalar]:

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from collector.alarms.engine import Engine, Signal
-from collector.alarms.rules import Override
-from tests.collector.alarms.helpers import T0, batch, event, rule
+import pydantic
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+from collector.alarms.engine import Engine, Signal, _Ctx, _Device, _Eval, _Source, _ThresholdEval
+from collector.alarms.rules import Override, Threshold
+from tests.collector.alarms.helpers import SITE, T0, batch, event, rule
 
 
 def run(engine: Engine, series: list[tuple[float, dict[str, Any]]], **kw: Any) -> list[tuple[float, bool, str]]:
@@ -383,3 +387,43 @@ def test_message_template() -> None:
     engine = Engine([rule(spec)])
     (s,) = engine.on_batch(batch(T0, {"temp": 30.5}, units={"temp": "degC"}, device="rack-9"))
     assert s.message == "rack-9: temp at 30.5 degC (hot) {nope}"
+
+
+# ---------------------------------------------------------------- the inlined threshold path
+
+_VALUES = st.one_of(
+    st.floats(-50, 50, allow_nan=False),
+    st.integers(-50, 50),
+    st.booleans(),
+    st.sampled_from(["on", "!timeout", None]),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    above=st.one_of(st.none(), st.floats(-20, 20)),
+    below=st.one_of(st.none(), st.floats(-20, 20)),
+    hysteresis=st.sampled_from([0.0, 0.5, 3.0]),
+    rounds=st.lists(st.dictionaries(st.sampled_from(["a", "b", "c"]), _VALUES, max_size=3), min_size=1, max_size=6),
+)
+def test_inlined_threshold_answers_like_the_generic_evaluation(
+    above: float | None, below: float | None, hysteresis: float, rounds: list[dict[str, Any]]
+) -> None:
+    assume(above is not None or below is not None)
+    try:
+        leaf = Threshold(type="threshold", point="a", above=above, below=below, hysteresis=hysteresis)
+    except pydantic.ValidationError:
+        assume(False)
+        raise
+    sources = [_Source("a"), _Source("b"), _Source("c")]
+    fast, generic = _ThresholdEval(leaf, sources), _ThresholdEval(leaf, sources)
+    assert fast.plain
+    device = _Device(SITE, "dev-1")
+    active = False
+    for i, points in enumerate(rounds):
+        ctx = _Ctx(device, T0 + i, batch(T0 + i, points))
+        got = fast(ctx, active)
+        want = _Eval.__call__(generic, ctx, active)
+        assert got == want
+        assert fast.last == generic.last
+        active = bool(got) if got is not None else active
