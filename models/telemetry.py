@@ -285,10 +285,18 @@ def validate_batch(batch: Batch) -> Batch:
     if batch.seq < 0:
         raise TelemetryError(f"seq {batch.seq} is negative")
     _check_ts("ts", batch.ts)
+    valid_names, qualities, units, isfinite = _VALID_NAMES, _QUALITIES, UNITS, _isfinite
     for name, point in batch.points.items():
-        if name not in _VALID_NAMES:
+        if name not in valid_names:
             _check_name(f"point {name!r}", name)
-        if (problem := _point_problem(point)) is not None:
+        # The common case inline (a good number, or a failed read without a value); anything
+        # else goes through _point_problem, which says what is wrong.
+        quality, v = point.quality, point.value
+        if quality == _GOOD:
+            fine = isfinite(v) if type(v) is float else v is not None
+        else:
+            fine = v is None and quality in qualities
+        if not (fine and point.unit in units) and (problem := _point_problem(point)) is not None:
             raise TelemetryError(f"point {name!r}: {problem}")
     for table, rows in batch.tables.items():
         _check_name(f"table {table!r}", table)
