@@ -13,6 +13,8 @@ itself. The bench subscribes to the agent's telemetry and counts what was publis
 - requests: every Modbus model of the catalog, 200 devices each, polled for a few rounds;
   read requests counted by the simulators (the device side) divided by the batches the
   agent published, divided by the planner's minimum for the model. 1.0 is the minimum.
+  The SNMP and BACnet models likewise, against the fewest requests a steady poll needs
+  (bench/_protocol_requests.py).
 - memory: peak resident memory (VmHWM) of the agent with 1,000 and with 10,000 devices,
   each polled at least once.
 
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -36,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import _common as c
+import _protocol_requests
 import msgspec
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -151,6 +155,15 @@ def fleet(farms: list[Farm], per_model: int) -> list[Dev]:
 
 def write_config(path: Path, broker_port: int, devices: list[Dev], interval_s: float) -> Path:
     """An agent configuration for the fleet (spool and logs beside it)."""
+    lines: list[str] = []
+    for d in devices:
+        lines += ["[[devices]]", f'id = "{d.id}"', f'model = "{d.model}"', f"port = {d.port}"]
+        lines += [f"modbus = {{ unit = {d.unit} }}", ""]
+    return write_config_lines(path, broker_port, interval_s, lines)
+
+
+def write_config_lines(path: Path, broker_port: int, interval_s: float, device_lines: list[str]) -> Path:
+    """An agent configuration with these [[devices]] tables (spool and logs beside it)."""
     lines = [
         "[agent]",
         f'id = "{AGENT}"',
@@ -172,10 +185,8 @@ def write_config(path: Path, broker_port: int, devices: list[Dev], interval_s: f
         f"interval_s = {interval_s}",
         "timeout_s = 5.0",
         "",
+        *device_lines,
     ]
-    for d in devices:
-        lines += ["[[devices]]", f'id = "{d.id}"', f'model = "{d.model}"', f"port = {d.port}"]
-        lines += [f"modbus = {{ unit = {d.unit} }}", ""]
     path.write_text("\n".join(lines))
     return path
 
@@ -409,7 +420,7 @@ def memory(work: Path, broker: c.Server, n_devices: int, interval_s: float, roun
     return Fleet(len(devices), interval_s, stat.rss_mb, stat.hwm_mb, ratios, lost)
 
 
-def main() -> int:
+def main() -> int:  # noqa: PLR0915  (one run, one report)
     p = c.parser(__doc__.splitlines()[0])
     p.add_argument("--profile", type=Path, metavar="FILE", help="record the agent with py-spy (raw stacks) here")
     args = p.parse_args()
@@ -447,6 +458,14 @@ def main() -> int:
             c.say("10,000 devices ...")
             (root / "k10").mkdir()
             k10 = memory(root / "k10", broker, 10_000, 60.0, 1)
+        c.say("SNMP and BACnet requests per poll ...")
+        (root / "proto").mkdir()
+        protocol = _protocol_requests.measure(
+            root / "proto",
+            lambda path, interval_s, lines: write_config_lines(path, broker.port, interval_s, lines),
+            start_agent,
+            lambda: c.free_port(socket.SOCK_DGRAM),
+        )
     print(
         c.table(
             "Agent throughput (points delivered to Mosquitto per CPU second of the agent process)",
@@ -478,6 +497,15 @@ def main() -> int:
             ("model", "minimum reads", *(f"ratio ({f.devices:,} devices)" for f in fleets)),
         )
     )
+    print()
+    print(
+        c.table(
+            "SNMP and BACnet requests per steady poll (counted by the simulated devices) against the fewest",
+            [(m, minimum, f"{ratio:.4f}") for m, (minimum, ratio) in sorted(protocol.items())],
+            ("model", "fewest requests", "ratio"),
+        )
+    )
+    ratios.update({m: ratio for m, (_, ratio) in protocol.items()})
     print()
     print(
         c.table(
