@@ -1,7 +1,7 @@
 """Malformed device answers generated with hypothesis: drivers turn them into qualities, then read again.
 
-A relay between the driver and a simulated device (a `dcim-sim device` process) passes each
-request on and mutates the answer as the example says: replaced by random bytes, bytes
+A relay between the driver and a simulated device (a `dcim-sim device` process: Modbus TCP,
+SNMP and BACnet/IP) passes each request on and mutates the answer as the example says: replaced by random bytes, bytes
 flipped, cut short, junk appended. The driver must return a reading for every point, with
 a value exactly when its quality is good, name the device in any error, raise nothing, and
 read the device normally once it answers properly again.
@@ -22,10 +22,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from agent import config as agent_config
 from agent.config import Device
+from agent.drivers.bacnet import BacnetDriver
 from agent.drivers.base import Driver, PollResult
 from agent.drivers.modbus import ModbusDriver
 from agent.drivers.snmp import SnmpDriver
+from models import catalog
 from models.quality import Quality
 from tests.agent.agent_helpers import Simulator, start_simulator
 from tests.support.snmp import make_device
@@ -147,6 +150,7 @@ def _frame(sock: socket.socket) -> bytes:
 
 @contextlib.contextmanager
 def relayed(model: str, udp: bool) -> Iterator[Relay]:
+    """A simulated device of a catalog id or model file, behind a relay."""
     sim: Simulator = start_simulator(model, udp=udp)
     relay = Relay(sim.port, udp).start()
     try:
@@ -199,6 +203,18 @@ def snmp_relay() -> Iterator[Relay]:
         yield relay
 
 
+@pytest.fixture(scope="module")
+def bacnet_relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Relay, Path]]:
+    # Without change-of-value subscriptions every datagram the device sends is the answer to
+    # the request the relay just passed on (a notification would be taken for an answer).
+    text = (catalog.catalog_dir() / "crah-bacnet.toml").read_text(encoding="utf-8")
+    model = tmp_path_factory.mktemp("bacnet-model") / "crah-no-cov.toml"
+    model.write_text(text.replace("cov = true", "cov = false"), encoding="utf-8")
+    assert "cov = true" not in model.read_text(encoding="utf-8")
+    with relayed(str(model), udp=True) as relay:
+        yield relay, model
+
+
 FUZZ = settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck), database=None)
 
 
@@ -224,9 +240,26 @@ def test_snmp_answers_mutated(snmp_relay: Relay, tmp_path_factory: pytest.TempPa
     asyncio.run(run())
 
 
-def _modbus_device(folder: Path, port: int) -> Device:
-    from agent import config as agent_config  # noqa: PLC0415
+@settings(FUZZ, max_examples=12)
+@given(mutation=MUTATIONS)
+def test_bacnet_answers_mutated(
+    bacnet_relay: tuple[Relay, Path], tmp_path_factory: pytest.TempPathFactory, mutation: Mutation
+) -> None:
+    relay, model = bacnet_relay
+    folder = tmp_path_factory.mktemp("bacnet")
+    path = folder / "agent.toml"
+    instance = int(catalog.load_path(model).bacnet.get("device_instance", 1001))
+    path.write_text(
+        '[agent]\nid = "edge-fuzz"\nsite = "lab"\n\n[defaults]\ntimeout_s = 0.5\nretries = 0\n\n'
+        f'[[devices]]\nid = "fuzzed"\nmodel = "{model}"\nhost = "127.0.0.1"\nport = {relay.port}\n'
+        f"bacnet = {{ device_instance = {instance} }}\n",
+        encoding="utf-8",
+    )
+    device = agent_config.load(path).devices[0]
+    asyncio.run(poll_garbage_then_honest(BacnetDriver(), device, relay, mutation))
 
+
+def _modbus_device(folder: Path, port: int) -> Device:
     path = folder / "agent.toml"
     path.write_text(
         '[agent]\nid = "edge-fuzz"\nsite = "lab"\n\n[defaults]\ntimeout_s = 0.3\nretries = 0\n\n'
