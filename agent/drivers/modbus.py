@@ -659,24 +659,25 @@ class ModbusDriver(Driver):
 
 
 Layout = tuple[tuple[str, int, values.RegisterDecoder], ...]
-_LAYOUTS: dict[tuple[int, Register, int, int], tuple[Point, Layout]] = {}
+_LAYOUTS: dict[tuple[int, int, int, Register, int, int], tuple[Point, Point, Layout]] = {}
 _LAYOUTS_MAX = 50_000
 
 
 def _layout(read: Read) -> Layout:
     """(name, index in the read, compiled decoder) of every point wholly inside the read.
 
-    Cached by the read's table, start, count and first point object, so devices of one model
-    share their layouts.
+    Cached by the read's table, start and count and its points (first and last object, and
+    how many: a point left out for a while changes the key), so devices of one model share
+    their layouts.
     """
     points = read.points
     if not points:
         return ()
-    first = points[0]
-    key = (id(first), read.table, read.start, read.count)
+    first, last = points[0], points[-1]
+    key = (id(first), id(last), len(points), read.table, read.start, read.count)
     hit = _LAYOUTS.get(key)
-    if hit is not None and hit[0] is first:
-        return hit[1]
+    if hit is not None and hit[0] is first and hit[1] is last:
+        return hit[2]
     layout = tuple(
         (p.name, p.address - read.start, values.register_decoder(p))
         for p in points
@@ -684,7 +685,7 @@ def _layout(read: Read) -> Layout:
     )
     if len(_LAYOUTS) >= _LAYOUTS_MAX:
         _LAYOUTS.clear()
-    _LAYOUTS[key] = (first, layout)
+    _LAYOUTS[key] = (first, last, layout)
     return layout
 
 

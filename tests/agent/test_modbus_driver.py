@@ -441,3 +441,19 @@ def test_same_value_respects_resolution_and_types() -> None:
     assert same_value(model.point("run_command"), False, 0.0)
     tower = catalog.load("tower-modbus")
     assert same_value(tower.point("leaving_water_setpoint"), 29.100000381469727, 29.1)
+
+
+def test_a_point_left_out_for_a_while_is_decoded_again_when_it_comes_back() -> None:
+    # A read over the same registers with a point in the middle left out, and then with it
+    # back: the compiled layout of one must not be used for the other.
+    from agent.drivers.modbus import _layout  # noqa: PLC0415
+    from agent.modbus_plan import Read  # noqa: PLC0415
+
+    model = catalog.load("gateway-nbiot")
+    full = plan(model.points).reads[0]
+    middle = full.blocks[len(full.blocks) // 2]
+    without = Read(full.table, full.start, full.count, tuple(b for b in full.blocks if b is not middle))
+    gone = {p.name for p in middle.points}
+    assert not gone & {name for name, _, _ in _layout(without)}
+    assert gone <= {name for name, _, _ in _layout(full)}
+    assert {name for name, _, _ in _layout(full)} == {p.name for p in full.points}
