@@ -149,12 +149,13 @@ def ups_states(
 def breaker_states(tripped: npt.ArrayLike) -> tuple[Int8Array, Int8Array]:
     """Per-sample state of a breaker or phase feeding a load: tripped is DOWN, NaN is UNKNOWN."""
     arr = np.asarray(tripped, dtype=np.float64)
+    set_or_missing = (arr != 0.0).view(np.int8)  # NaN compares unequal: set right below
+    state = set_or_missing * np.int8(State.DOWN)
+    cause = set_or_missing * np.int8(Cause.BREAKER_TRIP)
     missing = np.isnan(arr)
-    down = (arr != 0.0) & ~missing
-    state = down.astype(np.int8) * np.int8(State.DOWN)
-    cause = down.astype(np.int8) * np.int8(Cause.BREAKER_TRIP)
-    state[missing] = State.UNKNOWN
-    cause[missing] = Cause.NO_DATA
+    if missing.any():
+        state[missing] = State.UNKNOWN
+        cause[missing] = Cause.NO_DATA
     return state, cause
 
 
@@ -593,6 +594,34 @@ class BurnRateEvaluation:
     firing: BoolArray
 
 
+def _bad_share_on_grid(
+    grid: IntArray, timelines: Sequence[Timeline], shares: FloatArray | Sequence[float], *, count_unknown: bool
+) -> FloatArray:
+    """The summed share of the timelines that are bad (DOWN, or UNKNOWN too) on each grid interval.
+
+    The grid holds every segment start and end of every timeline. Each bad segment adds its
+    share where it starts and takes it back where it ends (a difference array), so the cost
+    is in the segments, not in timelines x grid. Outside a timeline its state is UNKNOWN.
+    """
+    bad_states = [State.DOWN, State.UNKNOWN] if count_unknown else [State.DOWN]
+    delta = np.zeros(grid.size + 1, dtype=np.float64)
+    for timeline, share in zip(timelines, shares, strict=True):
+        starts = timeline.start_ns
+        if starts.size == 0:
+            if count_unknown:
+                delta[0] += share
+            continue
+        ends = timeline.segment_end_ns()
+        bad = np.isin(timeline.state, bad_states)
+        np.add.at(delta, np.searchsorted(grid, starts[bad]), share)
+        np.add.at(delta, np.searchsorted(grid, ends[bad]), -share)
+        if count_unknown:  # before the first segment and from the end on
+            delta[0] += share
+            delta[np.searchsorted(grid, starts[0])] -= share
+            delta[np.searchsorted(grid, timeline.end_ns)] += share
+    return np.asarray(np.cumsum(delta[:-1]), dtype=np.float64)
+
+
 def evaluate_burn_rates(
     loads: Timeline | Sequence[Load],
     eval_ns: npt.ArrayLike,
@@ -619,11 +648,7 @@ def evaluate_burn_rates(
     grid = np.unique(
         np.concatenate([i.timeline.start_ns for i in items] + [np.array([i.timeline.end_ns for i in items])])
     )
-    bad_states = [State.DOWN, State.UNKNOWN] if count_unknown else [State.DOWN]
-    share_on_grid = np.zeros(grid.size, dtype=np.float64)
-    for item, share in zip(items, shares, strict=True):
-        state, _ = item.timeline.at(grid)
-        share_on_grid += share * np.isin(state, bad_states)
+    share_on_grid = _bad_share_on_grid(grid, [i.timeline for i in items], shares, count_unknown=count_unknown)
     # Outside every timeline all loads are UNKNOWN.
     outside = 1.0 if count_unknown else 0.0
     origin = int(grid[0])

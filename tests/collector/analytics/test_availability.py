@@ -6,6 +6,8 @@ from datetime import UTC, datetime
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from collector.analytics.availability import (
     CalendarBasis,
@@ -13,6 +15,7 @@ from collector.analytics.availability import (
     Load,
     State,
     Timeline,
+    _bad_share_on_grid,
     breaker_states,
     combine_dual_feed,
     combine_redundant,
@@ -330,3 +333,44 @@ def test_year_basis_allows_5256_minutes() -> None:
     (year,) = summarize(tl, [year_start, year_end], basis=CalendarBasis.YEAR_365, target=0.9999)
     assert year.allowed_down_s == pytest.approx(52.56 * 60)
     assert year.met is True
+
+
+# ---------------------------------------------------------------- burn-rate shares, checked against at()
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    specs=st.lists(
+        st.tuples(
+            st.integers(0, 50),  # first start
+            st.lists(st.tuples(st.integers(1, 20), st.sampled_from(list(State))), min_size=0, max_size=8),
+            st.integers(1, 30),  # last segment length
+            st.floats(0.01, 5.0),  # share
+        ),
+        min_size=1,
+        max_size=5,
+    ),
+    count_unknown=st.booleans(),
+)
+def test_bad_share_matches_evaluating_each_timeline_on_the_grid(
+    specs: list[tuple[int, list[tuple[int, State]], int, float]], count_unknown: bool
+) -> None:
+    timelines, shares = [], []
+    for k, (first, segments, tail, share) in enumerate(specs):
+        starts, states, t = [], [], first
+        for length, state in segments:
+            starts.append(t)
+            states.append(int(state))
+            t += length
+        end = t + tail if segments else first + tail
+        codes = np.array(states, dtype=np.int8)
+        timelines.append(Timeline(f"t{k}", np.array(starts, dtype=np.int64), codes, np.zeros_like(codes), end))
+        shares.append(share)
+    grid = np.unique(np.concatenate([tl.start_ns for tl in timelines] + [np.array([tl.end_ns for tl in timelines])]))
+    bad = [State.DOWN, State.UNKNOWN] if count_unknown else [State.DOWN]
+    want = np.zeros(grid.size)
+    for tl, share in zip(timelines, shares, strict=True):
+        at_grid, _ = tl.at(grid)
+        want += share * np.isin(at_grid, bad)
+    got = _bad_share_on_grid(grid, timelines, shares, count_unknown=count_unknown)
+    np.testing.assert_allclose(got, want, atol=1e-9)
